@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make train` and `make test`. Both create .venv first.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+# The official files offline, when present beside the project (see README, "Data"); else data/.
+DATA_DIR ?= $(if $(wildcard ../shared/data/mnist/train-images-idx3-ubyte.gz),../shared/data/mnist,data)
+CONFIG ?= configs/default.yaml
+
+.PHONY: venv train test lint bench stats clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch/torchvision pinned to the releases these machines serve from local disk (a range would admit them too).
+	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install --quiet -e ".[dev,onnx]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+train: venv
+	$(PY) -m mnist_lightning fit --config $(CONFIG) --data.data_dir $(DATA_DIR)
+
+test: venv
+	$(PY) -m pytest
+
+lint: venv
+	$(PY) -m ruff check .
+
+bench: venv
+	$(PY) benchmarks/speed.py --data-dir $(DATA_DIR)
+
+clean:
+	rm -rf $(VENV) lightning_logs

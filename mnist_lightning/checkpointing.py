@@ -1,0 +1,67 @@
+"""Checkpoints that are written atomically and loaded safely.
+
+* Save: write `<name>.tmp` in the same folder, fsync, then `os.replace` onto the final name, so a
+  crash or a full disk never leaves a half-written file where a good checkpoint was. A failed save
+  raises (never a warning), so a run cannot go on believing it is protected.
+* Load: `torch.load(weights_only=True)`, so a checkpoint carrying a pickle payload cannot run code;
+  a truncated or corrupt file gets an error that names it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from mnist_lightning.errors import CheckpointError
+
+
+def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with `weights_only=True`; every failure becomes a CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist (or is not a file).")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"refusing to load {path}: it holds Python objects beyond tensors and plain data, which could run "
+            f"code when unpickled. Only load checkpoints written by this project. ({str(err).splitlines()[0]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt ({str(err).splitlines()[0]}); "
+            "use another checkpoint of the run (e.g. last.ckpt or the best one)."
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint of this project (no 'state_dict').")
+    return checkpoint
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO with write-then-rename saves and weights-only loads."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = Path(path)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)  # serialise fully before touching the disk
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(buffer.getbuffer())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise CheckpointError(f"could not write checkpoint {path}: {err}. Free space or fix the folder's permissions.") from err
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return load_checkpoint_file(path, map_location=map_location or "cpu")

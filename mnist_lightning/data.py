@@ -1,0 +1,199 @@
+"""The LightningDataModule: find or download, verify, split and batch an MNIST-family dataset.
+
+    dm = MNISTDataModule(data_dir="../shared/data/mnist")
+    dm.prepare_data(); dm.setup("fit")
+    images, labels = next(iter(dm.train_dataloader()))   # (64, 1, 28, 28) float, (64,) int64
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from mnist_lightning.datasets import DATASETS, DatasetSpec
+from mnist_lightning.errors import DataFileError, UserInputError
+from mnist_lightning.idx import find_file, load_split, missing_files_message
+from mnist_lightning.loaders import (
+    EpochShuffleSampler,
+    InMemoryDigits,
+    PerSampleDigits,
+    ResumableDataLoader,
+    keep_batch,
+)
+
+log = logging.getLogger(__name__)
+
+DatasetName = Literal["mnist", "fashion_mnist", "kmnist"]
+
+# Decoded splits shared by prepare_data and setup in one process: (dir, dataset, train, verify) -> tensors.
+_DECODED: dict[tuple[str, str, bool, bool], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def split_indices(n: int, val_size: int, seed: int) -> tuple[list[int], list[int]]:
+    """Train and validation indices, exactly as `random_split(range(n), [n - val_size, val_size], seed)`."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return order[: n - val_size], order[n - val_size :]
+
+
+class MNISTDataModule(pl.LightningDataModule):
+    """MNIST (or Fashion-MNIST, KMNIST) for training, validation, test and prediction.
+
+    The validation set is cut from the 60,000 training images with a seeded generator; the official
+    10,000 test images serve `test` (and `predict` by default) and nothing else.
+
+    Args:
+        data_dir: folder with the four official files, flat or in torchvision's ``MNIST/raw``
+            layout, gzipped or not; downloaded there by torchvision when they are missing.
+        dataset: ``mnist``, ``fashion_mnist`` or ``kmnist``.
+        batch_size: training batch size per device (the global batch under DDP is this times the
+            number of processes).
+        eval_batch_size: batch size for validation, test and predict; it does not change results.
+        num_workers: loader processes. 0 is fastest for the in-memory path.
+        val_size: images held out of the 60,000 for validation.
+        split_seed: seed of the train/validation split (independent of the training seed).
+        normalize: False reproduces the tutorial (``ToTensor()`` only); True also subtracts the
+            dataset's mean and divides by its std.
+        pipeline: ``memory`` gathers whole batches from one uint8 tensor (fast, the default);
+            ``torchvision`` is the classic per-sample PIL + ``ToTensor`` pipeline.
+        verify: check the files against the official checksums and sizes. Turn off only for
+            deliberately custom files (e.g. a subset).
+        predict_path: an image file or folder of images to classify in ``predict`` instead of the
+            test set (see ``mnist_lightning.images`` for the preprocessing).
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data/",
+        dataset: DatasetName = "mnist",
+        batch_size: int = 64,
+        eval_batch_size: int = 1000,
+        num_workers: int = 0,
+        val_size: int = 5000,
+        split_seed: int = 42,
+        normalize: bool = False,
+        pipeline: Literal["memory", "torchvision"] = "memory",
+        verify: bool = True,
+        predict_path: str | None = None,
+    ):
+        super().__init__()
+        if dataset not in DATASETS:
+            raise UserInputError(f"data.dataset must be one of {', '.join(DATASETS)}; got {dataset!r}.")
+        for name, value, minimum in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
+                                     ("num_workers", num_workers, 0), ("val_size", val_size, 0)):
+            if not isinstance(value, int) or value < minimum:
+                raise UserInputError(f"data.{name} must be an integer >= {minimum}; got {value!r}.")
+        if pipeline not in ("memory", "torchvision"):
+            raise UserInputError(f"data.pipeline must be 'memory' or 'torchvision'; got {pipeline!r}.")
+        self.save_hyperparameters()
+        self.data_dir = Path(data_dir)
+        self.spec: DatasetSpec = DATASETS[dataset]
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+        self.predict_set: Dataset | None = None
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.spec.classes
+
+    # ----------------------------------------------------------------------------------- files
+    def prepare_data(self) -> None:
+        """Verify the four files, downloading them with torchvision first if any is missing."""
+        missing = [f for f in self.spec.files if find_file(self.data_dir, self.spec, f) is None]
+        if missing:
+            self._download()
+        for train in (True, False):
+            self._decoded(train)
+
+    def _download(self) -> None:
+        log.info("Downloading %s into %s", self.spec.name, self.data_dir)
+        try:
+            for train in (True, False):
+                self.spec.torchvision_class(str(self.data_dir), train=train, download=True)
+        except Exception as err:  # urllib/HTTP/OS errors: offline clusters are a normal case
+            raise DataFileError(f"{missing_files_message(self.data_dir, self.spec)}\n(download failed: {err})") from None
+
+    def _decoded(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (str(self.data_dir.resolve()), self.spec.name, train, self.hparams.verify)
+        if key not in _DECODED:
+            _DECODED[key] = load_split(self.data_dir, self.spec, train, verify_checksum=self.hparams.verify)
+        return _DECODED[key]
+
+    # ----------------------------------------------------------------------------------- datasets
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets for `stage`. Idempotent: a second call changes nothing."""
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            images, labels = self._decoded(train=True)
+            if self.hparams.val_size >= len(images):
+                raise UserInputError(
+                    f"data.val_size must be smaller than the {len(images)} training images; got {self.hparams.val_size}."
+                )
+            train_idx, val_idx = split_indices(len(images), self.hparams.val_size, self.hparams.split_seed)
+            self.train_set = self._dataset(images[train_idx], labels[train_idx])
+            self.val_set = self._dataset(images[val_idx], labels[val_idx])
+        if stage in (None, "test", "predict") and self.test_set is None:
+            self.test_set = self._dataset(*self._decoded(train=False))
+        if stage in (None, "predict") and self.predict_set is None:
+            self.predict_set = self._predict_dataset()
+
+    def _dataset(self, images: torch.Tensor, labels: torch.Tensor) -> Dataset:
+        mean, std = (self.spec.mean, self.spec.std) if self.hparams.normalize else (None, None)
+        if self.hparams.pipeline == "torchvision":
+            steps = [transforms.ToTensor()] + ([transforms.Normalize((mean,), (std,))] if mean is not None else [])
+            return PerSampleDigits(images, labels, transforms.Compose(steps))
+        dataset = InMemoryDigits(images, labels, mean, std)
+        device = self._device()
+        # With no worker processes the whole dataset can live on the accelerator: moved once, here.
+        if device.type == "cuda" and self.hparams.num_workers == 0:
+            dataset.to(device)
+        return dataset
+
+    def _predict_dataset(self) -> Dataset:
+        if self.hparams.predict_path is None:
+            return self.test_set
+        from mnist_lightning.images import ImageFolderDigits
+
+        mean, std = (self.spec.mean, self.spec.std) if self.hparams.normalize else (None, None)
+        return ImageFolderDigits(self.hparams.predict_path, mean, std)
+
+    def _device(self) -> torch.device:
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    # ----------------------------------------------------------------------------------- loaders
+    def _loader_kwargs(self, dataset: Dataset) -> dict:
+        in_memory = isinstance(dataset, InMemoryDigits)
+        workers = self.hparams.num_workers
+        return {
+            "collate_fn": keep_batch if in_memory else None,
+            "num_workers": workers,
+            "persistent_workers": workers > 0,
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "call setup('fit') first"
+        return ResumableDataLoader(
+            self.train_set,
+            batch_size=self.hparams.batch_size,
+            sampler=EpochShuffleSampler(self.train_set),
+            **self._loader_kwargs(self.train_set),
+        )
+
+    def _eval_loader(self, dataset: Dataset | None) -> DataLoader:
+        assert dataset is not None, "call setup() for this stage first"
+        return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, shuffle=False, **self._loader_kwargs(dataset))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.test_set)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.predict_set)

@@ -1,0 +1,13 @@
+"""Errors that describe a user's mistake; the CLI prints them as one message, without a traceback."""
+
+
+class UserInputError(ValueError):
+    """A bad path, file, value or checkpoint: the message names the problem and the fix."""
+
+
+class DataFileError(UserInputError):
+    """A dataset file is missing, truncated, corrupt or not the official one."""
+
+
+class CheckpointError(UserInputError):
+    """A checkpoint is missing, truncated, unsafe to load, or from another architecture."""

@@ -1,0 +1,231 @@
+"""The fully connected net, and the LightningModule that trains and evaluates it.
+
+The net (`MLP`) is a plain `nn.Module`, so it can be exported, tested and reused without Lightning.
+`MNISTClassifier` adds the loss, the optimizer, the schedule and the metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics import MaxMetric, MeanMetric, SumMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from mnist_lightning.errors import CheckpointError, UserInputError
+
+IMAGE_PIXELS = 28 * 28
+
+
+class MLP(nn.Module):
+    """784 -> hidden... -> classes. ReLU between layers, none on the logits.
+
+    With the defaults it is the tutorial's 784-50-10 net. Options for stronger recipes:
+    `batch_norm` (Linear -> BatchNorm -> ReLU), `dropout` after each hidden ReLU, and
+    `input_dropout` on the pixels.
+    """
+
+    def __init__(
+        self,
+        hidden_sizes: list[int] | tuple[int, ...] = (50,),
+        num_classes: int = 10,
+        dropout: float = 0.0,
+        input_dropout: float = 0.0,
+        batch_norm: bool = False,
+    ):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        if input_dropout > 0:
+            layers.append(nn.Dropout(input_dropout))
+        width = IMAGE_PIXELS
+        for size in hidden_sizes:
+            layers.append(nn.Linear(width, size, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(size))
+            layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = size
+        layers.append(nn.Linear(width, num_classes))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: a float batch (N, 1, 28, 28) or (N, 784); returns logits (N, classes)."""
+        return self.layers(x)
+
+
+def _check_hparams(hidden_sizes: list[int], lr: float, weight_decay: float, dropout: float,
+                   input_dropout: float, label_smoothing: float, num_classes: int) -> None:
+    if not hidden_sizes or any(not isinstance(h, int) or h <= 0 for h in hidden_sizes):
+        raise UserInputError(f"model.hidden_sizes must be a non-empty list of positive integers; got {hidden_sizes!r}.")
+    if not lr > 0:
+        raise UserInputError(f"model.lr must be > 0; got {lr!r}.")
+    if not weight_decay >= 0:
+        raise UserInputError(f"model.weight_decay must be >= 0; got {weight_decay!r}.")
+    for name, p in (("dropout", dropout), ("input_dropout", input_dropout), ("label_smoothing", label_smoothing)):
+        if not 0 <= p < 1:
+            raise UserInputError(f"model.{name} must be in [0, 1); got {p!r}.")
+    if num_classes < 2:
+        raise UserInputError(f"model.num_classes must be >= 2; got {num_classes!r}.")
+
+
+class MNISTClassifier(pl.LightningModule):
+    """Trains `MLP` with cross-entropy and logs accuracy per stage.
+
+    Logged: `train/loss` (per epoch; `train/loss_step` every `log_every_n_steps`), `train/acc`,
+    `val/loss`, `val/acc`, `val/acc_best`, `test/loss`, `test/acc`.
+
+    Args:
+        hidden_sizes: widths of the hidden layers; ``[50]`` is the tutorial's net.
+        lr: learning rate of Adam (the peak rate with ``lr_schedule: onecycle``).
+        optimizer: ``adam`` (the tutorial's) or ``adamw`` (decoupled weight decay).
+        weight_decay: L2 (adam) or decoupled (adamw) weight decay.
+        lr_schedule: ``none`` (constant, the tutorial's), ``onecycle`` or ``cosine``, stepped per batch.
+        dropout, input_dropout, batch_norm: see `MLP`.
+        label_smoothing: of the cross-entropy targets.
+        num_classes: 10 for every MNIST-family dataset.
+    """
+
+    def __init__(
+        self,
+        hidden_sizes: list[int] = [50],  # noqa: B006 - a list is what LightningCLI and YAML speak
+        lr: float = 1e-3,
+        optimizer: Literal["adam", "adamw"] = "adam",
+        weight_decay: float = 0.0,
+        lr_schedule: Literal["none", "onecycle", "cosine"] = "none",
+        dropout: float = 0.0,
+        input_dropout: float = 0.0,
+        batch_norm: bool = False,
+        label_smoothing: float = 0.0,
+        num_classes: int = 10,
+    ):
+        super().__init__()
+        hidden_sizes = list(hidden_sizes)
+        _check_hparams(hidden_sizes, lr, weight_decay, dropout, input_dropout, label_smoothing, num_classes)
+        self.save_hyperparameters()
+        self.net = MLP(hidden_sizes, num_classes, dropout, input_dropout, batch_norm)
+        # validate_args=False: the argument checks cost more than the update on a 64-image batch.
+        accuracy = dict(task="multiclass", num_classes=num_classes, average="micro", validate_args=False)
+        self.train_acc = MulticlassAccuracy(**{k: v for k, v in accuracy.items() if k != "task"})
+        self.val_acc = self.train_acc.clone()
+        self.test_acc = self.train_acc.clone()
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.test_count = SumMetric()
+        self.val_acc_best = MaxMetric()
+        # Metric states go into checkpoints, so a run resumed mid-epoch logs the same epoch means,
+        # and the best validation accuracy survives a resume.
+        for metric in (self.train_acc, self.train_loss, self.val_acc_best):
+            metric.persistent(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing if self.training else 0.0)
+        return loss, logits.argmax(dim=1), y
+
+    # ------------------------------------------------------------------------------ training
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, preds, y = self._shared_step(batch)
+        # Epoch means accumulate in metric objects (no host sync per step); the per-step loss is
+        # handed to the logger only on the steps it will actually write.
+        self.train_loss.update(loss.detach())
+        self.train_acc.update(preds, y)
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/loss", self.train_loss.compute(), sync_dist=False)
+        self.log("train/acc", self.train_acc.compute(), prog_bar=True)
+        self.train_loss.reset()
+        self.train_acc.reset()
+
+    # ------------------------------------------------------------------------------ evaluation
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        loss, preds, y = self._shared_step(batch)
+        self.val_loss.update(loss, weight=len(y))
+        self.val_acc.update(preds, y)
+
+    def on_validation_epoch_end(self) -> None:
+        acc = self.val_acc.compute()
+        self.log("val/loss", self.val_loss.compute())
+        self.log("val/acc", acc, prog_bar=True)
+        if not self.trainer.sanity_checking:  # a sanity check is not an epoch and must not set the best
+            self.val_acc_best.update(acc)
+            self.log("val/acc_best", self.val_acc_best.compute())
+        self.val_loss.reset()
+        self.val_acc.reset()
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        loss, preds, y = self._shared_step(batch)
+        self.test_loss.update(loss, weight=len(y))
+        self.test_acc.update(preds, y)
+        self.test_count.update(torch.tensor(len(y), dtype=torch.float64, device=loss.device))
+
+    def on_test_epoch_end(self) -> None:
+        acc, total = self.test_acc.compute(), int(self.test_count.compute())
+        self.log("test/loss", self.test_loss.compute())
+        self.log("test/acc", acc)
+        correct = round(float(acc) * total)
+        if self.trainer.is_global_zero:
+            print(f"Got {correct} / {total} with accuracy {100 * correct / total:.2f}")
+        self.test_loss.reset()
+        self.test_acc.reset()
+        self.test_count.reset()
+
+    def predict_step(self, batch: tuple[torch.Tensor, Any], batch_idx: int) -> torch.Tensor:
+        """Class probabilities (N, classes)."""
+        return self(batch[0]).softmax(dim=1)
+
+    # ------------------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        optimizer_class = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
+        optimizer = optimizer_class(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.lr_schedule == "none":
+            return optimizer
+        total_steps = self.trainer.estimated_stepping_batches
+        if hp.lr_schedule == "onecycle":
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=total_steps)
+        else:
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning stores no RNG state; dropout draws from the global RNG, so an exact resume needs it.
+        checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_architecture(checkpoint)
+        rng = checkpoint.get("rng_state")
+        if rng is not None and self._trainer is not None and self.trainer.state.fn == "fit":
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def _check_architecture(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse, before anything is copied, weights whose shapes differ from this net's."""
+        own = self.state_dict()
+        theirs = checkpoint.get("state_dict", {})
+        mismatched = [
+            f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+            for k, v in theirs.items() if k in own and tuple(v.shape) != tuple(own[k].shape)
+        ]
+        missing = sorted(set(k for k in own if k.startswith("net.")) - set(theirs))
+        unexpected = sorted(set(k for k in theirs if k.startswith("net.")) - set(own))
+        if mismatched or missing or unexpected:
+            ckpt_hidden = checkpoint.get("hyper_parameters", {}).get("hidden_sizes")
+            raise CheckpointError(
+                f"the checkpoint's net (hidden_sizes={ckpt_hidden}) does not match this model "
+                f"(hidden_sizes={self.hparams.hidden_sizes}): "
+                + "; ".join(mismatched + [f"missing {k}" for k in missing] + [f"unexpected {k}" for k in unexpected])
+            )

@@ -173,11 +173,22 @@ class MNISTClassifier(pl.LightningModule):
         self.log("test/loss", self.test_loss.compute())
         self.log("test/acc", acc)
         correct = round(float(acc) * total)
-        if self.trainer.is_global_zero:
-            print(f"Got {correct} / {total} with accuracy {100 * correct / total:.2f}")
+        # The tutorial's closing line; self.print writes once (rank 0) and around the progress bar.
+        self.print(f"Got {correct} / {total} with accuracy {100 * correct / total:.2f}")
+        self._log_hparams_with({"hp/test_acc": float(acc)})
         self.test_loss.reset()
         self.test_acc.reset()
         self.test_count.reset()
+
+    def on_fit_end(self) -> None:
+        best = self.val_acc_best.max_value  # state, not compute(): also right after a resume
+        if torch.isfinite(best):
+            self._log_hparams_with({"hp/val_acc_best": float(best)})
+
+    def _log_hparams_with(self, metrics: dict[str, float]) -> None:
+        """Fill TensorBoard's hparams tab with real final metrics (no `hp_metric = -1` placeholder)."""
+        if self.logger is not None and self.trainer.is_global_zero:
+            self.logger.log_hyperparams(self.hparams, metrics)
 
     def predict_step(self, batch: tuple[torch.Tensor, Any], batch_idx: int) -> torch.Tensor:
         """Class probabilities (N, classes)."""

@@ -23,6 +23,7 @@ from mnist_lightning.checkpointing import SafeCheckpointIO, load_checkpoint_file
 from mnist_lightning.data import MNISTDataModule
 from mnist_lightning.errors import UserInputError
 from mnist_lightning.model import MNISTClassifier
+from mnist_lightning.prediction import PredictionTable
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
@@ -84,6 +85,18 @@ class MNISTLightningCLI(LightningCLI):
             help="CPU threads for torch ops (torch.set_num_threads); None keeps torch's default. "
             "1 is fastest for small nets on a small CPU, where thread hand-offs cost more than the math.",
         )
+        parser.add_argument(
+            "--predictions_csv",
+            type=str | None,
+            default=None,
+            help="predict only: also write the predictions table to this CSV file (file,prediction,probability).",
+        )
+
+    # ------------------------------------------------------------------- predict: the table
+    def before_predict(self) -> None:
+        """Every predict prints its table (mnist_lightning.prediction); `--predictions_csv` also saves it."""
+        if not any(isinstance(c, PredictionTable) for c in self.trainer.callbacks):
+            self.trainer.callbacks.append(PredictionTable(csv_path=self.config[self.subcommand].get("predictions_csv")))
 
     # ------------------------------------------------------------------- checkpoints from the CLI
     def _parse_ckpt_path(self) -> None:
@@ -179,7 +192,7 @@ def main(args: list[str] | None = None) -> None:
         export_main(argv[1:])
         return
     try:
-        MNISTLightningCLI(args=argv)
+        MNISTLightningCLI(args=args)  # None: LightningCLI reads sys.argv itself
     except (UserInputError, TrainingDiverged) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2 if isinstance(err, UserInputError) else 1)

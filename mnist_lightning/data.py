@@ -13,7 +13,10 @@ from typing import Literal
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from pytorch_lightning.strategies import DDPStrategy
+from pytorch_lightning.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
 
 from mnist_lightning.datasets import DATASETS, DatasetSpec
@@ -137,6 +140,10 @@ class MNISTDataModule(pl.LightningDataModule):
             train_idx, val_idx = split_indices(len(images), self.hparams.val_size, self.hparams.split_seed)
             self.train_set = self._dataset(images[train_idx], labels[train_idx])
             self.val_set = self._dataset(images[val_idx], labels[val_idx])
+            world = self.trainer.world_size if self.trainer is not None else 1
+            if world > 1:  # batch semantics under DDP, stated once (README, "Batch size under DDP")
+                batch = self.hparams.batch_size
+                rank_zero_info(f"Training batch: {batch} per process x {world} processes = global batch {batch * world}.")
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = self._dataset(*self._decoded(train=False))
         if stage in (None, "predict") and self.predict_set is None:
@@ -174,6 +181,10 @@ class MNISTDataModule(pl.LightningDataModule):
             "collate_fn": keep_batch if in_memory else None,
             "num_workers": workers,
             "persistent_workers": workers > 0,
+            # Every iter() of a DataLoader draws a worker base seed from its generator, or from the
+            # global RNG when it has none; that would shift dropout's random stream differently in
+            # a run resumed mid-epoch than in an uninterrupted one.
+            "generator": torch.Generator().manual_seed(self.hparams.split_seed),
         }
 
     def train_dataloader(self) -> DataLoader:
@@ -187,7 +198,24 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def _eval_loader(self, dataset: Dataset | None) -> DataLoader:
         assert dataset is not None, "call setup() for this stage first"
-        return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, shuffle=False, **self._loader_kwargs(dataset))
+        return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, sampler=self._eval_sampler(dataset),
+                          **self._loader_kwargs(dataset))
+
+    def _eval_sampler(self, dataset: Dataset) -> Sampler | None:
+        """Under DDP, each rank's slice of an evaluation set, with no image repeated; else None (in order).
+
+        Lightning's default DistributedSampler pads the last slice with repeats so that every rank
+        gets as many images, and the synced accuracy then differs from one process's (201 test
+        images on 2 ranks would count 202). Lightning's UnrepeatedDistributedSampler (its own
+        choice for predict) leaves ranks up to one image apart instead. That is safe for DDP
+        evaluation: its only collectives are a buffer broadcast in the first batch, which every rank
+        has, and the metrics' sync in `compute()`. Being a DistributedSampler, Lightning keeps it.
+        FSDP (not a DDPStrategy) syncs in every forward, so it keeps Lightning's default.
+        """
+        trainer = self.trainer
+        if trainer is None or not isinstance(trainer.strategy, DDPStrategy) or trainer.world_size < 2:
+            return None
+        return UnrepeatedDistributedSampler(dataset, shuffle=False, **trainer.distributed_sampler_kwargs)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_set)
@@ -196,4 +224,7 @@ class MNISTDataModule(pl.LightningDataModule):
         return self._eval_loader(self.test_set)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.predict_set)
+        assert self.predict_set is not None, "call setup('predict') first"
+        # Lightning itself shards predict loaders without repeats (UnrepeatedDistributedSamplerWrapper).
+        return DataLoader(self.predict_set, batch_size=self.hparams.eval_batch_size, shuffle=False,
+                          **self._loader_kwargs(self.predict_set))

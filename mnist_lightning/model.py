@@ -147,10 +147,11 @@ class MNISTClassifier(pl.LightningModule):
         self.train_acc.reset()
 
     # ------------------------------------------------------------------------------ evaluation
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         loss, preds, y = self._shared_step(batch)
         self.val_loss.update(loss, weight=len(y))
         self.val_acc.update(preds, y)
+        return {"preds": preds}  # for callbacks (mnist_lightning.figures), so they need no second forward pass
 
     def on_validation_epoch_end(self) -> None:
         acc = self.val_acc.compute()

@@ -17,6 +17,7 @@ from jsonargparse import Namespace
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from mnist_lightning.callbacks import CheckpointOnInterrupt, StopOnNonFiniteLoss, TrainingDiverged, last_checkpoint_path
 from mnist_lightning.checkpointing import SafeCheckpointIO, load_checkpoint_file
@@ -193,6 +194,9 @@ def main(args: list[str] | None = None) -> None:
         return
     try:
         MNISTLightningCLI(args=args)  # None: LightningCLI reads sys.argv itself
-    except (UserInputError, TrainingDiverged) as err:
+    except (UserInputError, MisconfigurationException) as err:  # the user's input: message, no traceback
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2 if isinstance(err, UserInputError) else 1)
+        sys.exit(2)
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)

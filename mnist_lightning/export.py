@@ -33,7 +33,10 @@ from mnist_lightning.model import MNISTClassifier
 
 FORMATS = ("torchscript", "onnx")
 SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
-CHECK_TOLERANCE = 1e-5  # max abs difference of logits between the export and the checkpoint
+# The self-check after writing: max abs difference of logits on a random batch. A broken export is
+# off by whole units; float32 reordering (ONNX Runtime fuses ops) by ~1e-6 per 10 of logit size.
+# On test images the two agree within 1e-5 (tests/test_export.py).
+CHECK_TOLERANCE = 1e-4
 
 
 def load_net(ckpt_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:

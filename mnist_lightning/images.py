@@ -49,16 +49,11 @@ class UnusableImage(ValueError):
 
 
 def read_image(path: Path) -> Image.Image:
-    """Decode `path` fully into a greyscale image, with the reason in an `UnusableImage` if it can't be."""
+    """Decode `path` fully (upright, as EXIF says), with the reason in an `UnusableImage` if it can't be."""
     try:
         with Image.open(path) as image:
             image.load()  # decode now: a truncated file fails here, not later
-            image = ImageOps.exif_transpose(image)
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                rgba = image.convert("RGBA")
-                paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                image = Image.alpha_composite(paper, rgba)
-            return image.convert("L")
+            return ImageOps.exif_transpose(image)
     except FileNotFoundError:
         raise UnusableImage("file not found") from None
     except UnidentifiedImageError:
@@ -71,7 +66,10 @@ def read_image(path: Path) -> Image.Image:
 
 
 def to_mnist(image: Image.Image) -> np.ndarray:
-    """A greyscale image of any size as an MNIST-style (28, 28) uint8 digit: see the module docstring."""
+    """An image of any size and mode as an MNIST-style (28, 28) uint8 digit: see the module docstring."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")  # transparent pixels are white paper
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     a = np.asarray(image.convert("L"), dtype=np.float32)
     border = np.concatenate([a[0], a[-1], a[1:-1, 0], a[1:-1, -1]])
     if border.mean() > 127.5:  # light paper: make the ink the light part, as in MNIST

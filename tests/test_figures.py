@@ -1,0 +1,163 @@
+"""TensorBoard beyond curves: the event files of a real run hold the scalars, the learning rate, the
+validation figures (one per epoch, none from the sanity check) and the hparams entry with real metrics."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from conftest import TINY_ARGS, run_cli, write_idx_dataset
+from PIL import Image
+from pytorch_lightning.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from mnist_lightning.data import MNISTDataModule
+from mnist_lightning.figures import ValidationFigures, image_grid, render
+from mnist_lightning.model import MNISTClassifier
+
+EPOCHS = 2
+LR = 0.002
+ALL = {"scalars": 0, "images": 0, "tensors": 0, "histograms": 0, "compressedHistograms": 0, "audio": 0}
+
+
+def _events(run_dir: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir), size_guidance=ALL)
+    acc.Reload()
+    return acc
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory) -> Path:
+    """A 2-epoch CLI run with configs/default.yaml (which carries the figure and LR callbacks)."""
+    workdir = tmp_path_factory.mktemp("figures")
+    data = write_idx_dataset(workdir / "data")
+    result = run_cli("fit", "--data.data_dir", str(data), *TINY_ARGS, "--trainer.max_epochs", str(EPOCHS),
+                     "--model.lr", str(LR), "--torch_threads", "1", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    return workdir / "lightning_logs" / "version_0"
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_scalars_and_learning_rate(cli_run: Path) -> None:
+    acc = _events(cli_run)
+    tags = set(acc.Tags()["scalars"])
+    for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best"):
+        assert tag in tags, f"{tag} missing from {sorted(tags)}"
+        values = [e.value for e in acc.Scalars(tag)]
+        assert len(values) == EPOCHS, (tag, values)
+        assert all(math.isfinite(v) for v in values), (tag, values)
+        if tag.endswith("acc") or tag.endswith("acc_best"):
+            assert all(0.0 <= v <= 1.0 for v in values), (tag, values)
+        else:
+            assert all(v > 0 for v in values), (tag, values)
+    val_acc = [e.value for e in acc.Scalars("val/acc")]
+    assert acc.Scalars("val/acc_best")[-1].value == pytest.approx(max(val_acc))
+    lr_tags = [t for t in tags if t.startswith("lr-")]
+    assert lr_tags == ["lr-Adam"], sorted(tags)
+    assert [e.value for e in acc.Scalars("lr-Adam")] == pytest.approx([LR] * EPOCHS)  # constant schedule
+
+
+def test_validation_figures_once_per_epoch_with_sane_sizes(cli_run: Path) -> None:
+    acc = _events(cli_run)
+    images = set(acc.Tags()["images"])
+    assert {"val/predictions", "val/confusion_matrix"} <= images, sorted(images)
+    val_steps = sorted({e.step for e in acc.Scalars("val/acc")})
+    for tag in ("val/predictions", "val/confusion_matrix"):
+        events = acc.Images(tag)
+        # One per validation epoch, none for the sanity check (which runs before step 0's first batch).
+        assert len(events) == EPOCHS, (tag, [e.step for e in events])
+        assert all(e.step > 0 for e in events)
+        # Logged at the trainer's global step, next to the epoch's val/acc.
+        assert all(abs(e.step - s) <= 1 for e, s in zip(events, val_steps, strict=True)), (tag, val_steps)
+        for event in events:
+            decoded = Image.open(io.BytesIO(event.encoded_image_string))
+            assert decoded.size == (event.width, event.height)
+            assert 200 <= event.width <= 2000 and 200 <= event.height <= 2000, (tag, decoded.size)
+            assert len(set(decoded.convert("L").getdata())) > 2, f"{tag} is a blank image"
+    matrix = acc.Images("val/confusion_matrix")[-1]
+    assert 0.8 <= matrix.width / matrix.height <= 1.25
+    # Mistakes are drawn only when there are some; the tag may then appear in fewer epochs.
+    if "val/confident_mistakes" in images:
+        assert 1 <= len(acc.Images("val/confident_mistakes")) <= EPOCHS
+
+
+def test_hparams_entry_has_the_real_final_metric(cli_run: Path) -> None:
+    acc = _events(cli_run)
+    content = acc.PluginTagToContent("hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(content), sorted(content)
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert "hp/val_acc_best" in [m.name.tag for m in experiment.metric_infos]
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert session.hparams["lr"].number_value == pytest.approx(LR)
+    scalars = acc.Tags()["scalars"]
+    assert "hp_metric" not in scalars, "the -1 placeholder is back"
+    best = acc.Scalars("hp/val_acc_best")[-1].value
+    assert 0.0 < best <= 1.0
+    assert best == pytest.approx(max(e.value for e in acc.Scalars("val/acc")))
+
+
+def _red_pixels(image: Image.Image) -> int:
+    rgb = np.asarray(image.convert("RGB")).astype(int)
+    return int(((rgb[..., 0] > 180) & (rgb[..., 1] < 80) & (rgb[..., 2] < 80)).sum())
+
+
+def test_grid_marks_exactly_the_mistakes() -> None:
+    images = torch.rand(6, 1, 28, 28)
+    classes = [str(k) for k in range(10)]
+    right = image_grid(images, [1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6], classes, columns=3)
+    one_wrong = image_grid(images, [1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 0], classes, columns=3)
+    two_wrong = image_grid(images, [1, 2, 3, 4, 5, 6], [7, 2, 3, 4, 5, 0], classes, columns=3)
+    assert right.size == one_wrong.size and right.width > right.height  # 3 columns, 2 rows
+    assert _red_pixels(right) == 0
+    assert 0 < _red_pixels(one_wrong) < _red_pixels(two_wrong)
+    assert render(two_wrong).shape == (two_wrong.height, two_wrong.width, 3)
+
+
+def _fit(tmp_path: Path, data: Path, figures: ValidationFigures, epochs: int, logger: bool = True) -> pl.Trainer:
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, callbacks=[figures],
+                         logger=TensorBoardLogger(tmp_path, name="", version=0) if logger else False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    pl.seed_everything(0)
+    trainer.fit(MNISTClassifier(), MNISTDataModule(data_dir=str(data), verify=False, val_size=100))
+    return trainer
+
+
+def test_confusion_matrix_counts_every_validation_image_once(tmp_path: Path, tiny_data: Path, one_thread) -> None:
+    figures = ValidationFigures(num_images=8, every_n_epochs=2)
+    trainer = _fit(tmp_path, tiny_data, figures, epochs=3)
+    matrix = figures.last_confusion
+    assert matrix is not None and matrix.shape == (10, 10)
+    assert int(matrix.sum()) == 100  # val_size, not doubled by the sanity check or the grids
+    assert float(matrix.trace()) / 100 == pytest.approx(float(trainer.callback_metrics["val/acc"]))
+    assert figures.seconds > 0
+    # every_n_epochs=2 over 3 epochs: figures after the second epoch only.
+    acc = _events(tmp_path / "version_0")
+    assert len(acc.Images("val/predictions")) == 1
+    grid = Image.open(io.BytesIO(acc.Images("val/predictions")[0].encoded_image_string))
+    assert grid.width > grid.height  # 8 images in one row
+
+
+def test_without_tensorboard_it_warns_and_training_goes_on(tmp_path: Path, tiny_data: Path, one_thread) -> None:
+    figures = ValidationFigures()
+    with pytest.warns(UserWarning, match="no TensorBoardLogger"):
+        trainer = _fit(tmp_path, tiny_data, figures, epochs=1, logger=False)
+    assert trainer.state.finished
+    assert figures.last_confusion is not None and int(figures.last_confusion.sum()) == 100
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        ValidationFigures(every_n_epochs=0)

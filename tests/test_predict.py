@@ -1,0 +1,287 @@
+"""Predicting on your own digits: MNIST-like preprocessing of any image, per-file errors that name the
+file while the rest is still predicted, and the `predict` table and CSV from the command line."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_ARGS, run_cli, write_idx_dataset
+from PIL import Image, ImageDraw
+
+from mnist_lightning.checkpointing import load_checkpoint_file
+from mnist_lightning.data import MNISTDataModule
+from mnist_lightning.datasets import DATASETS
+from mnist_lightning.errors import UserInputError
+from mnist_lightning.idx import load_split
+from mnist_lightning.images import ImageFolderDigits, UnusableImage, to_mnist
+from mnist_lightning.loaders import InMemoryDigits
+from mnist_lightning.model import MNISTClassifier
+
+CSV_HEADER = ["file", "prediction", "probability"]
+
+
+# ------------------------------------------------------------------------------------ test images
+def seven(size: int = 112) -> Image.Image:
+    """A light-on-dark '7' with a thick pen, drawn at any size."""
+    image = Image.new("L", (size, size), 0)
+    s = size / 112
+    ImageDraw.Draw(image).line([(25 * s, 20 * s), (85 * s, 20 * s), (45 * s, 95 * s)], fill=255,
+                               width=round(10 * s), joint="curve")
+    return image
+
+
+def inverted(image: Image.Image) -> Image.Image:
+    return Image.eval(image, lambda v: 255 - v)
+
+
+def coloured(image: Image.Image) -> Image.Image:
+    """Blue ink on yellowish paper, RGB."""
+    page = Image.new("RGB", image.size, (250, 240, 200))
+    page.paste((30, 60, 200), mask=image)
+    return page
+
+
+def on_transparent(image: Image.Image) -> Image.Image:
+    """Black ink on a transparent background, as paint programs save it."""
+    layer = Image.new("RGBA", image.size, (0, 0, 0, 0))
+    layer.paste((0, 0, 0, 255), mask=image)
+    return layer
+
+
+def write_folder(folder: Path) -> Path:
+    """Good images in every style, plus every kind of bad file."""
+    folder.mkdir(parents=True)
+    seven().save(folder / "a_seven.png")
+    inverted(seven()).save(folder / "b_seven_dark_on_light.jpg", quality=95)
+    coloured(seven()).save(folder / "c_seven_colour.png")
+    seven().resize((300, 300), Image.Resampling.BICUBIC).save(folder / "d_seven_large.bmp")
+    (folder / "e_notes.png").write_text("not an image at all\n")
+    (folder / "f_truncated.png").write_bytes((folder / "a_seven.png").read_bytes()[:80])
+    Image.new("L", (50, 50), 255).save(folder / "g_blank.png")
+    os.symlink(folder / "does_not_exist.png", folder / "h_gone.png")
+    (folder / ".hidden.png").write_bytes(b"")
+    return folder
+
+
+GOOD = ["a_seven.png", "b_seven_dark_on_light.jpg", "c_seven_colour.png", "d_seven_large.bmp"]
+BAD = {"e_notes.png": "not an image", "f_truncated.png": "truncated", "g_blank.png": "blank",
+       "h_gone.png": "not found"}
+
+
+def centre_of_mass(digit: np.ndarray) -> tuple[float, float]:
+    w = digit.astype(np.float64)
+    return (w.sum(1) * np.arange(28)).sum() / w.sum(), (w.sum(0) * np.arange(28)).sum() / w.sum()
+
+
+def ink_box(digit: np.ndarray) -> tuple[int, int]:
+    rows, cols = np.nonzero(digit)
+    return rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+
+
+# ---------------------------------------------------------------------------- preprocessing, unit
+def test_output_is_an_mnist_image() -> None:
+    digit = to_mnist(seven())
+    assert digit.shape == (28, 28) and digit.dtype == np.uint8
+    assert digit.max() == 255 and (digit == 0).mean() > 0.5  # light ink on a black background
+
+
+def test_light_background_is_inverted_and_colour_or_alpha_do_not_matter() -> None:
+    reference = to_mnist(seven())
+    np.testing.assert_array_equal(to_mnist(inverted(seven())), reference)
+    np.testing.assert_array_equal(to_mnist(coloured(seven())), reference)
+    np.testing.assert_array_equal(to_mnist(on_transparent(seven())), reference)
+
+
+def test_digit_is_scaled_to_20_pixels_and_centred_by_mass() -> None:
+    # A small digit off in a corner of a large grey page (dark ink): same MNIST digit as ever.
+    page = Image.new("L", (400, 300), 200)
+    page.paste(inverted(seven(60)).point(lambda v: 40 + v * 160 // 255), (310, 20))
+    for digit in (to_mnist(seven()), to_mnist(page), to_mnist(seven().resize((300, 300)))):
+        assert max(ink_box(digit)) == 20
+        row, col = centre_of_mass(digit)
+        assert abs(row - 14) <= 0.6 and abs(col - 14) <= 0.6, (row, col)
+    assert np.abs(to_mnist(page).astype(int) - to_mnist(seven()).astype(int)).mean() < 8
+
+
+def test_aspect_ratio_is_kept() -> None:
+    bar = Image.new("L", (200, 200), 0)
+    ImageDraw.Draw(bar).rectangle((95, 40, 104, 159), fill=255)  # 10 x 120 px
+    height, width = ink_box(to_mnist(bar))
+    assert height == 20 and width <= 3
+
+
+def test_blank_image_is_refused() -> None:
+    with pytest.raises(UnusableImage, match="blank"):
+        to_mnist(Image.new("RGB", (64, 64), (128, 128, 128)))
+
+
+@pytest.mark.real_data
+def test_mnist_digits_come_out_as_they_went_in(real_data: Path) -> None:
+    """MNIST was prepared this way, so preprocessing a test digit changes it little (mostly not at all)."""
+    images, _ = load_split(real_data, DATASETS["mnist"], train=False, verify_checksum=False)
+    differences = [np.abs(to_mnist(Image.fromarray(d.numpy())).astype(int) - d.numpy()).mean() for d in images[:300]]
+    assert np.median(differences) < 0.5 and np.mean(differences) < 2.0
+
+
+# ------------------------------------------------------------------------------- dataset and errors
+def test_dataset_scales_like_the_training_data_and_indexes_files(tmp_path: Path) -> None:
+    folder = write_folder(tmp_path / "mine")
+    plain = ImageFolderDigits(folder)
+    assert [f.name for f in plain.files] == GOOD
+    x, index = plain[2]
+    assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and 0 <= x.min() and x.max() == 1
+    assert int(index) == 2
+    batch, indices = plain.__getitems__([0, 3])
+    assert batch.shape == (2, 1, 28, 28) and indices.tolist() == [0, 3]
+    mean, std = DATASETS["mnist"].mean, DATASETS["mnist"].std
+    normalised = ImageFolderDigits(folder, mean, std)
+    expected = InMemoryDigits(plain.images, plain.labels, mean, std)[2][0]
+    assert torch.equal(normalised[2][0], expected)
+    assert torch.allclose(normalised[2][0], (x - mean) / std)
+
+
+def test_bad_files_are_reported_by_name_and_the_rest_kept(tmp_path: Path) -> None:
+    folder = write_folder(tmp_path / "mine")
+    dataset = ImageFolderDigits(folder)
+    assert len(dataset) == len(GOOD)
+    reasons = {path.name: reason for path, reason in dataset.errors}
+    assert set(reasons) == set(BAD)  # hidden files are not read
+    for name, expected in BAD.items():
+        assert expected in reasons[name], (name, reasons[name])
+
+
+def test_single_file_and_missing_or_useless_paths(tmp_path: Path) -> None:
+    folder = write_folder(tmp_path / "mine")
+    single = ImageFolderDigits(folder / "c_seven_colour.png")
+    assert len(single) == 1 and single.files == [folder / "c_seven_colour.png"]
+    with pytest.raises(UserInputError, match="nowhere.png does not exist"):
+        ImageFolderDigits(tmp_path / "nowhere.png")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserInputError, match="empty folder"):
+        ImageFolderDigits(tmp_path / "empty")
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    (only_bad / "notes.png").write_text("hello")
+    with pytest.raises(UserInputError, match=r"no usable image[\s\S]*notes.png: not an image"):
+        ImageFolderDigits(only_bad)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(data folder, checkpoint) of one epoch on tiny fake data."""
+    workdir = tmp_path_factory.mktemp("predict")
+    data = write_idx_dataset(workdir / "data")
+    result = run_cli("fit", "--data.data_dir", str(data), *TINY_ARGS, "--trainer.max_epochs", "1",
+                     "--torch_threads", "1", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    return data, workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+def _predict(workdir: Path, data: Path, ckpt: Path, *extra: str):
+    return run_cli("predict", "--ckpt_path", str(ckpt), "--data.data_dir", str(data), *TINY_ARGS,
+                   "--torch_threads", "1", *extra, cwd=workdir)
+
+
+def _table(stdout: str, key: str) -> list[list[str]]:
+    """The rows (name, prediction, probability) printed under the table's header line."""
+    lines = stdout.splitlines()
+    start = lines.index(next(line for line in lines if line.split() == [*key.split(), "prediction", "probability"]))
+    rows = []
+    for line in lines[start + 1 :]:
+        if len(line.split()) != 3:
+            break
+        rows.append(line.split())
+    return rows
+
+
+def _csv(path: Path) -> list[list[str]]:
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_predict_a_folder_prints_the_table_and_writes_the_csv(trained, tmp_path: Path) -> None:
+    data, ckpt = trained
+    folder = write_folder(tmp_path / "mine")
+    result = _predict(tmp_path, data, ckpt, "--data.predict_path", str(folder), "--predictions_csv", "out/p.csv")
+    assert result.returncode == 0, result.stderr
+    table = _table(result.stdout, "file")
+    assert [Path(row[0]).name for row in table] == GOOD
+    for _, prediction, probability in table:
+        assert prediction in [str(k) for k in range(10)]
+        assert 0.1 <= float(probability) <= 1.0  # the top of 10 softmax probabilities
+    for name, reason in BAD.items():
+        assert f"{name}: " in result.stderr and reason in result.stderr, name
+    rows = _csv(tmp_path / "out" / "p.csv")
+    assert rows[0] == CSV_HEADER
+    assert [(r[0], r[1]) for r in rows[1:]] == [(r[0], r[1]) for r in table]
+    assert [float(r[2]) for r in rows[1:]] == pytest.approx([float(r[2]) for r in table], abs=1e-4)
+    # All four copies of the same seven are one MNIST digit, so one answer.
+    assert len({row[1] for row in table}) == 1
+
+
+def test_predict_runs_on_the_test_set_by_default(trained, tmp_path: Path) -> None:
+    data, ckpt = trained
+    result = _predict(tmp_path, data, ckpt, "--predictions_csv", "p.csv")
+    assert result.returncode == 0, result.stderr
+    table = _table(result.stdout, "test index")
+    assert [int(row[0]) for row in table] == list(range(200))  # the tiny test set, in order
+    rows = _csv(tmp_path / "p.csv")
+    assert rows[0] == CSV_HEADER and len(rows) == 201
+    # The same answers as the checkpoint's model on the test images.
+    checkpoint = load_checkpoint_file(ckpt)
+    model = MNISTClassifier(**{k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")})
+    model.load_state_dict(checkpoint["state_dict"])
+    dm = MNISTDataModule(data_dir=str(data), verify=False)
+    dm.setup("test")
+    x, _ = dm.test_set.__getitems__(list(range(200)))
+    with torch.no_grad():
+        probs = model.eval()(x).softmax(dim=1)
+    assert [int(r[1]) for r in rows[1:]] == probs.argmax(dim=1).tolist()
+    assert [float(r[2]) for r in rows[1:]] == pytest.approx(probs.max(dim=1).values.tolist(), abs=1e-5)
+
+
+def test_predict_path_missing_or_all_bad_is_a_clean_error(trained, tmp_path: Path) -> None:
+    data, ckpt = trained
+    result = _predict(tmp_path, data, ckpt, "--data.predict_path", "no/such/digits")
+    assert result.returncode == 2
+    assert "no/such/digits does not exist" in result.stderr and "Traceback" not in result.stderr
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "notes.txt").write_text("hello")
+    result = _predict(tmp_path, data, ckpt, "--data.predict_path", str(bad))
+    assert result.returncode == 2
+    assert "notes.txt: not an image" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_real_mnist_digits_saved_as_images_are_recognised(real_data: Path, tmp_path: Path) -> None:
+    """One epoch on MNIST, then 20 test digits saved as PNG/JPEG files, enlarged, half of them dark on
+    light: the preprocessing must hand the net digits it recognises."""
+    result = run_cli("fit", "--data.data_dir", str(real_data), "--trainer.max_epochs", "1", "--torch_threads", "1",
+                     "--trainer.enable_progress_bar", "false", cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr
+    ckpt = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    images, labels = load_split(real_data, DATASETS["mnist"], train=False, verify_checksum=False)
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    truth = {}
+    for i in range(20):
+        digit = Image.fromarray(images[i].numpy()).resize((140, 140), Image.Resampling.BICUBIC)
+        name = f"{i:02d}.png" if i % 2 else f"{i:02d}.jpg"
+        (inverted(digit) if i % 2 else digit).save(folder / name)
+        truth[name] = str(int(labels[i]))
+    result = run_cli("predict", "--ckpt_path", str(ckpt), "--data.data_dir", str(real_data), "--data.predict_path",
+                     str(folder), "--predictions_csv", "p.csv", "--torch_threads", "1",
+                     "--trainer.enable_progress_bar", "false", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = _csv(tmp_path / "p.csv")[1:]
+    assert len(rows) == 20
+    right = sum(truth[Path(file).name] == prediction for file, prediction, _ in rows)
+    assert right >= 17, rows

@@ -1,5 +1,5 @@
 # Two commands on a fresh machine: `make train` and `make test`. Both create .venv first.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 # The official files offline, when present beside the project (see README, "Data"); else data/.

@@ -22,8 +22,12 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from mnist_lightning.errors import CheckpointError
 
 
-def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with `weights_only=True`; every failure becomes a CheckpointError naming the file."""
+def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu", allow_bare_state_dict: bool = False) -> dict[str, Any]:
+    """Read a checkpoint with `weights_only=True`; every failure becomes a CheckpointError naming the file.
+
+    `allow_bare_state_dict`: also accept a plain {name: tensor} dict, which is how Lightning's
+    ddp_spawn hands the trained weights back from the workers to the main process.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (or is not a file).")
@@ -39,7 +43,8 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> 
             f"checkpoint {path} is truncated or corrupt ({str(err).splitlines()[0]}); "
             "use another checkpoint of the run (e.g. last.ckpt or the best one)."
         ) from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+    bare = allow_bare_state_dict and isinstance(checkpoint, dict) and all(isinstance(v, torch.Tensor) for v in checkpoint.values())
+    if not isinstance(checkpoint, dict) or ("state_dict" not in checkpoint and not bare):
         raise CheckpointError(f"{path} is not a Lightning checkpoint of this project (no 'state_dict').")
     return checkpoint
 
@@ -64,4 +69,5 @@ class SafeCheckpointIO(TorchCheckpointIO):
             raise CheckpointError(f"could not write checkpoint {path}: {err}. Free space or fix the folder's permissions.") from err
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        return load_checkpoint_file(path, map_location=map_location or "cpu")
+        # Lightning also loads its ddp_spawn hand-back (a bare state_dict, `.temp.ckpt`) through here.
+        return load_checkpoint_file(path, map_location=map_location or "cpu", allow_bare_state_dict=True)

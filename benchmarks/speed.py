@@ -129,7 +129,7 @@ def main() -> None:
     print(f"| classic-pipeline s/epoch / project s/epoch | {c['epoch'] / p['epoch']:.1f}x faster | (data path alone) |")
     print(f"| project whole process / tutorial whole process | {p['wall'] / t['wall']:.2f} | <= 0.5 |")
     print(f"| project peak RSS / tutorial peak RSS | {p['rss'] / t['rss']:.2f} | <= 1.0 |")
-    same = all(r["test_acc"] == c_["test_acc"] for r, c_ in zip(results["project"], results["classic"]))
+    same = all(r["test_acc"] == c_["test_acc"] for r, c_ in zip(results["project"], results["classic"], strict=True))
     print(f"| test accuracy, in-memory vs classic pipeline | {'identical' if same else 'DIFFERENT'} | identical |")
 
 

@@ -1,4 +1,8 @@
-"""Callbacks that keep a run's work safe: a checkpoint on Ctrl+C / SIGTERM, a stop on a NaN loss."""
+"""`ResumeCheckpoint`: everything a run needs to survive a crash, an interrupt or a diverging loss.
+
+One callback rather than three, because Lightning calls every callback for every hook of every
+step, and on this small net that cost is measurable (README, "Speed").
+"""
 
 from __future__ import annotations
 
@@ -10,109 +14,124 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint
 
-
-def last_checkpoint_path(trainer: pl.Trainer) -> Path | None:
-    callback = trainer.checkpoint_callback
-    if not isinstance(callback, ModelCheckpoint) or callback.dirpath is None:
-        return None
-    return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+LAST_CHECKPOINT = "last.ckpt"
 
 
 class TrainingInterrupted(SystemExit):
     """Raised after the interrupt checkpoint is written; exits with 128 + the signal number."""
 
 
-class CheckpointOnInterrupt(Callback):
-    """On SIGINT or SIGTERM, finish the current batch, save `last.ckpt`, say how to resume, exit non-zero.
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
 
-    The checkpoint is taken between batches, so the weights, the optimizer and the loader's
-    position in the epoch agree; resuming continues from the next batch and ends bit-identical to
-    an uninterrupted run. (Lightning alone turns SIGTERM into an exit without a checkpoint, and
-    Ctrl+C into an interrupt that may land in the middle of an optimizer step.)
+
+def checkpoint_dir(trainer: pl.Trainer) -> Path:
+    """Where the run's checkpoints go: the first ModelCheckpoint's folder, else <log_dir>/checkpoints."""
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath is not None:
+            return Path(callback.dirpath)
+    return Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
+
+
+class ResumeCheckpoint(Checkpoint):
+    """Writes `last.ckpt` at every epoch end and on SIGINT/SIGTERM, and stops on a non-finite loss.
+
+    * Epoch end: Lightning's `ModelCheckpoint(save_last=True)` only writes `last.ckpt` when the
+      monitored metric improved, so a plateauing run would resume from an old epoch. Saved after
+      the module's `on_train_epoch_end` (this is a `Checkpoint`, which Lightning calls last), so
+      the epoch's metrics are already logged and reset.
+    * SIGINT/SIGTERM: the current batch finishes, then the checkpoint is written between batches,
+      so weights, optimizer, RNG and the loader's position agree; the process prints how to resume
+      and exits with 128 + the signal number. Resuming continues at the next batch and ends
+      bit-identical to an uninterrupted run. (Lightning alone exits on SIGTERM without a
+      checkpoint, and Ctrl+C may land in the middle of an optimizer step.)
+    * A NaN or infinite loss raises `TrainingDiverged` before validation, so no checkpoint (this
+      one or ModelCheckpoint's) ever holds the broken weights: the last good one stays.
     """
 
     def __init__(self) -> None:
         self._received: int | None = None
-        self._previous: dict[int, Any] = {}
+        self._previous_handlers: dict[int, Any] = {}
+        self._all_finite: torch.Tensor | None = None
 
+    @staticmethod
+    def path(trainer: pl.Trainer) -> Path:
+        return checkpoint_dir(trainer) / LAST_CHECKPOINT
+
+    def _saving_enabled(self, trainer: pl.Trainer) -> bool:
+        return not trainer.fast_dev_run and not trainer.sanity_checking
+
+    # --------------------------------------------------------------------------- signals
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self._received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl+C: stop now
+            raise KeyboardInterrupt  # a second Ctrl+C: stop now, without a checkpoint
         self._received = signum
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Installed here because Lightning registers its own SIGTERM handler after on_fit_start.
         for signum in (signal.SIGINT, signal.SIGTERM):
             try:
-                self._previous[signum] = signal.signal(signum, self._handle)
-            except ValueError:  # not the main thread (e.g. some notebook or spawn setups)
+                self._previous_handlers[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: keep Lightning's behaviour
                 return
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        for signum, handler in self._previous.items():
+        for signum, handler in self._previous_handlers.items():
             signal.signal(signum, handler)
-        self._previous.clear()
+        self._previous_handlers.clear()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        if self._received is None:
-            return
-        # Every rank must take part in the save under DDP; rank 0 decides for all.
-        received = trainer.strategy.broadcast(self._received)
-        name = signal.Signals(received).name
-        path = last_checkpoint_path(trainer)
-        epoch, batch = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        if path is None:
-            message = f"{name} received at epoch {epoch}, batch {batch}: no ModelCheckpoint, nothing saved."
-        else:
-            trainer.save_checkpoint(path)
-            config = Path(trainer.log_dir or ".") / "config.yaml"
-            message = (
-                f"{name} received at epoch {epoch}, batch {batch}: saved {path}. Resume with: "
-                f"python -m mnist_lightning fit --config {config} --ckpt_path last"
-            )
-        if trainer.is_global_zero:
-            print(message, file=sys.stderr, flush=True)
-        raise TrainingInterrupted(128 + received)
+    def _interrupt_requested(self, trainer: pl.Trainer) -> bool:
+        if trainer.world_size == 1:
+            return self._received is not None
+        # Every rank must join the save, whichever received the signal.
+        return trainer.strategy.reduce_boolean_decision(self._received is not None, all=False)
 
-
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
-class StopOnNonFiniteLoss(Callback):
-    """Stop with a clear message as soon as the training loss is NaN or infinite.
-
-    Raising before the epoch's validation means ModelCheckpoint never saves the broken weights:
-    the last good checkpoint stays. The check accumulates on the device and reads the flag back
-    only every `check_every` steps and before validation, so a GPU is not synchronised per step.
-    """
-
-    def __init__(self, check_every: int = 1) -> None:
-        self.check_every = check_every
-        self._finite: torch.Tensor | None = None
-
+    # --------------------------------------------------------------------------- per batch
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is None:
-            return
-        finite = torch.isfinite(loss.detach()).all()
-        self._finite = finite if self._finite is None else self._finite & finite
-        if (batch_idx + 1) % self.check_every == 0:
-            self._check(trainer, loss)
+        if isinstance(loss, torch.Tensor):
+            # Accumulated on the device; read back (a sync) once per step on CPU is cheap, and on
+            # a GPU only before validation and saves.
+            finite = torch.isfinite(loss.detach())
+            self._all_finite = finite if self._all_finite is None else self._all_finite & finite
+            if loss.device.type == "cpu":
+                self._check_finite(trainer)
+        if self._interrupt_requested(trainer):
+            self._save_and_exit(trainer)
 
+    def _save_and_exit(self, trainer: pl.Trainer) -> None:
+        signum = self._received or signal.SIGTERM
+        self._check_finite(trainer)
+        path = self.path(trainer)
+        epoch, batch = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            config = Path(trainer.log_dir or ".") / "config.yaml"
+            print(
+                f"{signal.Signals(signum).name} received at epoch {epoch}, batch {batch}: saved {path}. Resume with: "
+                f"python -m mnist_lightning fit --config {config} --ckpt_path last",
+                file=sys.stderr,
+                flush=True,
+            )
+        raise TrainingInterrupted(128 + signum)
+
+    # --------------------------------------------------------------------------- epoch end
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.training or trainer.state.fn == "fit":
-            self._check(trainer, None)
+        self._check_finite(trainer)
 
-    def _check(self, trainer: pl.Trainer, loss: torch.Tensor | None) -> None:
-        if self._finite is None or bool(self._finite):
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_finite(trainer)
+        if self._saving_enabled(trainer):
+            trainer.save_checkpoint(self.path(trainer))
+
+    def _check_finite(self, trainer: pl.Trainer) -> None:
+        if self._all_finite is None or bool(self._all_finite):
             return
-        last = last_checkpoint_path(trainer)
-        kept = f"The last good checkpoint is kept: {last}." if last is not None and last.exists() else "No checkpoint was saved yet."
-        value = f" ({float(loss)})" if loss is not None else ""
+        last = self.path(trainer)
+        kept = f"The last good checkpoint is kept: {last}." if last.exists() else "No checkpoint was saved yet."
         raise TrainingDiverged(
-            f"the training loss became NaN or infinite{value} at epoch {trainer.current_epoch}, step "
-            f"{trainer.global_step}: training stopped. {kept} Lower --model.lr or check the input data."
+            f"the training loss became NaN or infinite at epoch {trainer.current_epoch}, step {trainer.global_step}: "
+            f"training stopped. {kept} Lower --model.lr or check the input data."
         )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +33,13 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu", all
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"refusing to load {path}: it holds Python objects beyond tensors and plain data, which could run "
-            f"code when unpickled. Only load checkpoints written by this project. ({str(err).splitlines()[0]})"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        if "Unsupported global" in str(err) or "GLOBAL" in str(err):  # the weights-only unpickler said no
+            raise CheckpointError(
+                f"refusing to load {path}: it holds Python objects beyond tensors and plain data, which could run "
+                f"code when unpickled. Only load checkpoints written by this project. ({str(err).splitlines()[0]})"
+            ) from None
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({str(err).splitlines()[0]}).") from None
+    except Exception as err:  # zip, EOF, key and OS errors: all mean an unreadable file
         raise CheckpointError(
             f"checkpoint {path} is truncated or corrupt ({str(err).splitlines()[0]}); "
             "use another checkpoint of the run (e.g. last.ckpt or the best one)."

@@ -19,7 +19,8 @@ from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from mnist_lightning.callbacks import CheckpointOnInterrupt, StopOnNonFiniteLoss, TrainingDiverged, last_checkpoint_path
+from mnist_lightning.callbacks import LAST_CHECKPOINT, ResumeCheckpoint, TrainingDiverged
+from mnist_lightning.callbacks import checkpoint_dir as checkpoint_dir_of
 from mnist_lightning.checkpointing import SafeCheckpointIO, load_checkpoint_file
 from mnist_lightning.data import MNISTDataModule
 from mnist_lightning.errors import UserInputError
@@ -29,6 +30,8 @@ from mnist_lightning.prediction import PredictionTable
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 PROGRESS_BAR_REFRESH_STEPS = 50
+# Data settings that define what the model's input means; they travel with the checkpoint.
+INPUT_SETTINGS = ("dataset", "normalize")
 
 
 def _logger_namespace(config: Namespace) -> Namespace | None:
@@ -73,7 +76,7 @@ class MNISTLightningCLI(LightningCLI):
             MNISTDataModule,
             save_config_callback=RunConfigSaver,
             parser_kwargs={sub: {"default_config_files": default_files} for sub in ("fit", "validate", "test", "predict")},
-            trainer_defaults={"callbacks": [CheckpointOnInterrupt(), StopOnNonFiniteLoss()]},
+            trainer_defaults={"callbacks": [ResumeCheckpoint()]},
             args=args,
             run=run,
         )
@@ -104,9 +107,23 @@ class MNISTLightningCLI(LightningCLI):
         """Read hyperparameters from `--ckpt_path`, with a clear error for a bad or unsafe file."""
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        checkpoint = None
         if ckpt_path and ckpt_path not in ("last", "best", "hpc"):
-            load_checkpoint_file(ckpt_path)  # raises CheckpointError naming the file
+            checkpoint = load_checkpoint_file(ckpt_path)  # raises CheckpointError naming the file
         super()._parse_ckpt_path()
+        if checkpoint is not None:
+            self._inherit_input_settings(subcommand, checkpoint)
+
+    def _inherit_input_settings(self, subcommand: str, checkpoint: dict[str, Any]) -> None:
+        """Take the dataset and normalisation from the checkpoint, as its model was trained on them.
+
+        LightningCLI restores only the model's hyperparameters; a model trained with normalised input
+        fed unnormalised images would silently get worse.
+        """
+        saved = checkpoint.get("datamodule_hyper_parameters") or {}
+        inherited = {key: saved[key] for key in INPUT_SETTINGS if key in saved}
+        if inherited:
+            self.config = self.parser.parse_object({subcommand: {"data": inherited}}, self.config)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -132,32 +149,20 @@ class MNISTLightningCLI(LightningCLI):
     def before_fit(self) -> None:
         config = self.config_init[self.subcommand]
         ckpt_path = config.get("ckpt_path")
-        checkpoint_dir = self._checkpoint_dir()
+        checkpoint_dir = checkpoint_dir_of(self.trainer)  # known before fit starts
         if ckpt_path == "last":
-            last = checkpoint_dir / "last.ckpt" if checkpoint_dir else None
-            if last is None or not last.is_file():
+            last = checkpoint_dir / LAST_CHECKPOINT
+            if not last.is_file():
                 raise UserInputError(
                     f"--ckpt_path last: nothing to resume, no last.ckpt in {checkpoint_dir}. Pass the run's own "
                     "config (--config lightning_logs/version_N/config.yaml) or a checkpoint path."
                 )
             config.ckpt_path = str(last)
-        elif not ckpt_path and checkpoint_dir is not None and checkpoint_dir.is_dir() and any(checkpoint_dir.iterdir()):
+        elif not ckpt_path and checkpoint_dir.is_dir() and any(checkpoint_dir.iterdir()):
             raise UserInputError(
                 f"{checkpoint_dir} already holds checkpoints of an earlier run; nothing was changed. Resume it with "
                 "--ckpt_path last, or start a new run with --trainer.logger.init_args.version null."
             )
-
-    def _checkpoint_dir(self) -> Path | None:
-        """Where ModelCheckpoint will write, known before fit starts (None with no logger or callback)."""
-        callback = self.trainer.checkpoint_callback
-        if not isinstance(callback, ModelCheckpoint):
-            return None
-        if callback.dirpath is not None:
-            return Path(callback.dirpath)
-        logger = self.trainer.logger
-        if logger is None or logger.log_dir is None:
-            return None
-        return Path(logger.log_dir) / "checkpoints"
 
     def after_fit(self) -> None:
         callback = self.trainer.checkpoint_callback
@@ -166,8 +171,8 @@ class MNISTLightningCLI(LightningCLI):
         score = callback.best_model_score
         score_text = f" ({callback.monitor} {float(score):.4f})" if score is not None else ""
         print(f"Best checkpoint{score_text}: {callback.best_model_path}")
-        last = last_checkpoint_path(self.trainer)
-        if last is not None and last.exists():
+        last = ResumeCheckpoint.path(self.trainer)
+        if last.exists():
             print(f"Last checkpoint: {last}")
         print(f"Test it with: python -m mnist_lightning test --ckpt_path {callback.best_model_path}")
 

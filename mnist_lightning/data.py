@@ -38,9 +38,14 @@ DatasetName = Literal["mnist", "fashion_mnist", "kmnist"]
 _DECODED: dict[tuple[str, str, bool, bool], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
+def split_order(n: int, seed: int) -> torch.Tensor:
+    """A seeded permutation of the n training images: the last `val_size` go to validation."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
 def split_indices(n: int, val_size: int, seed: int) -> tuple[list[int], list[int]]:
     """Train and validation indices, exactly as `random_split(range(n), [n - val_size, val_size], seed)`."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    order = split_order(n, seed).tolist()
     return order[: n - val_size], order[n - val_size :]
 
 
@@ -122,30 +127,38 @@ class MNISTDataModule(pl.LightningDataModule):
         except Exception as err:  # urllib/HTTP/OS errors: offline clusters are a normal case
             raise DataFileError(f"{missing_files_message(self.data_dir, self.spec)}\n(download failed: {err})") from None
 
-    def _decoded(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _decoded(self, train: bool, keep: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The split's tensors, decoded once per process: prepare_data keeps them for setup, which
+        takes them out of the cache (keep=False) so they are not held twice beside the datasets."""
         key = (str(self.data_dir.resolve()), self.spec.name, train, self.hparams.verify)
-        if key not in _DECODED:
-            _DECODED[key] = load_split(self.data_dir, self.spec, train, verify_checksum=self.hparams.verify)
-        return _DECODED[key]
+        decoded = _DECODED.pop(key, None)
+        if decoded is None:
+            # Training images are stored in split order (train rows, then validation rows), so the
+            # split is two views of one tensor instead of two gathered copies.
+            order_for = (lambda n: split_order(n, self.hparams.split_seed)) if train else None
+            decoded = load_split(self.data_dir, self.spec, train, self.hparams.verify, order_for)
+        if keep:
+            _DECODED[key] = decoded
+        return decoded
 
     # ----------------------------------------------------------------------------------- datasets
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets for `stage`. Idempotent: a second call changes nothing."""
         if stage in (None, "fit", "validate") and self.train_set is None:
-            images, labels = self._decoded(train=True)
+            images, labels = self._decoded(train=True, keep=False)
             if self.hparams.val_size >= len(images):
                 raise UserInputError(
                     f"data.val_size must be smaller than the {len(images)} training images; got {self.hparams.val_size}."
                 )
-            train_idx, val_idx = split_indices(len(images), self.hparams.val_size, self.hparams.split_seed)
-            self.train_set = self._dataset(images[train_idx], labels[train_idx])
-            self.val_set = self._dataset(images[val_idx], labels[val_idx])
+            n_train = len(images) - self.hparams.val_size  # rows are in split order: see _decoded
+            self.train_set = self._dataset(images[:n_train], labels[:n_train])
+            self.val_set = self._dataset(images[n_train:], labels[n_train:])
             world = self.trainer.world_size if self.trainer is not None else 1
             if world > 1:  # batch semantics under DDP, stated once (README, "Batch size under DDP")
                 batch = self.hparams.batch_size
                 rank_zero_info(f"Training batch: {batch} per process x {world} processes = global batch {batch * world}.")
         if stage in (None, "test", "predict") and self.test_set is None:
-            self.test_set = self._dataset(*self._decoded(train=False))
+            self.test_set = self._dataset(*self._decoded(train=False, keep=False))
         if stage in (None, "predict") and self.predict_set is None:
             self.predict_set = self._predict_dataset()
 

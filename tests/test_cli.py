@@ -170,3 +170,12 @@ def test_tutorial_config_reaches_95_percent_on_real_mnist(real_data, tmp_path):
     assert test.returncode == 0, test.stderr
     correct = int(re.search(r"Got (\d+) / 10000", test.stdout).group(1))
     assert correct >= 9500, f"test accuracy {correct / 100:.2f}% is below the tutorial's 95%"
+
+
+def test_test_and_predict_take_the_input_normalisation_from_the_checkpoint(tiny_data, tmp_path):
+    assert _fit(tmp_path, tiny_data, "--trainer.max_epochs", "1", "--data.normalize", "true").returncode == 0
+    last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    test = run_cli("test", "--ckpt_path", str(last), "--data.data_dir", str(tiny_data), *TINY_ARGS, cwd=tmp_path)
+    assert test.returncode == 0, test.stderr
+    saved = yaml.safe_load((tmp_path / "lightning_logs" / "version_1" / "config.yaml").read_text())
+    assert saved["data"]["normalize"] is True  # not the default False: the model was trained on normalised input

@@ -104,7 +104,7 @@ def test_training_loader_is_shuffled_and_resumable(tiny_data):
     assert len(full) == 8 and loader.state_dict() == {"epoch": 0, "batches": 8}
     loader.load_state_dict({"epoch": 0, "batches": 3})
     rest = [y for _, y in loader]
-    assert len(rest) == 5 and all(torch.equal(a, b) for a, b in zip(rest, full[3:]))
+    assert len(rest) == 5 and all(torch.equal(a, b) for a, b in zip(rest, full[3:], strict=True))
 
 
 def test_in_memory_batches_equal_the_torchvision_pipeline(tmp_path):

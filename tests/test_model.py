@@ -95,7 +95,7 @@ def test_checkpoint_round_trip_restores_hyperparameters_and_weights(tiny_data, t
     path = _save_checkpoint(tmp_path, model, tiny_data)
     loaded = MNISTClassifier.load_from_checkpoint(path, weights_only=True)
     assert loaded.hparams.hidden_sizes == [40, 20]
-    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 

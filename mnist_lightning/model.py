@@ -112,7 +112,9 @@ class MNISTClassifier(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(**{k: v for k, v in accuracy.items() if k != "task"})
         self.val_acc = self.train_acc.clone()
         self.test_acc = self.train_acc.clone()
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        # nan_strategy="disable": no NaN scan (a device sync) per update; a NaN training loss is
+        # caught by ResumeCheckpoint, which stops the run with a clear message instead.
+        self.train_loss, self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in range(3))
         self.test_count = SumMetric()
         self.val_acc_best = MaxMetric()
         # Metric states go into checkpoints, so a run resumed mid-epoch logs the same epoch means,

@@ -164,3 +164,13 @@ def test_checkpoint_payload_is_plain_data(tiny_data, tmp_path):
     path = _save_checkpoint(tmp_path, MNISTClassifier(), tiny_data)
     checkpoint = torch.load(path, weights_only=True)
     assert isinstance(checkpoint["rng_state"]["torch"], torch.Tensor)  # for an exact resume
+
+
+def test_weight_decay_applies_to_weight_matrices_only():
+    model = MNISTClassifier(hidden_sizes=[32], batch_norm=True, optimizer="adamw", weight_decay=0.05)
+    groups = model.configure_optimizers().param_groups
+    decayed = {id(p) for g in groups if g["weight_decay"] == 0.05 for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in decayed) == (p.ndim >= 2), name
+    tutorial = MNISTClassifier().configure_optimizers()
+    assert len(tutorial.param_groups) == 1 and tutorial.param_groups[0]["weight_decay"] == 0

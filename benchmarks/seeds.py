@@ -64,7 +64,7 @@ def main() -> None:
         return f"{statistics.mean(values):.2f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.2f}"
 
     vals, tests, walls = ([r[i] for r in rows] for i in (1, 2, 3))
-    print(f"\n| config | seeds | val acc % (mean ± std) | test acc % (mean ± std) | test min-max | fit wall s (mean) |")
+    print("\n| config | seeds | val acc % (mean ± std) | test acc % (mean ± std) | test min-max | fit wall s (mean) |")
     print("|---|---|---|---|---|---|")
     print(f"| {args.config} | {' '.join(map(str, args.seeds))} | {mean_std(vals)} | {mean_std(tests)} | "
           f"{min(tests):.2f}-{max(tests):.2f} | {statistics.mean(walls):.0f} |")

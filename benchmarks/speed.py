@@ -6,6 +6,7 @@ Runs, alternating and repeated (medians reported), with the tutorial's hyperpara
 Adam 1e-3, batch 64, 3 epochs, seed 42):
   tutorial  the tutorial's plain-PyTorch script (torchvision MNIST + ToTensor + DataLoader)
   bare      a bare PyTorch loop over in-memory tensors (no Lightning, no logging, no validation)
+  bare+fused  the same loop with the fused Adam kernel the project uses: the pure framework cost
   project   `python -m mnist_lightning fit` with configs/default.yaml (validation every epoch,
             TensorBoard, checkpoints, metrics, progress bar), then `test` for the test accuracy
   classic   the same `fit` with --data.pipeline torchvision (per-sample PIL + ToTensor)
@@ -74,7 +75,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         tv_root = torchvision_root(data_dir, workdir)
-        results: dict[str, list[dict]] = {"tutorial": [], "bare": [], "project": [], "classic": []}
+        results: dict[str, list[dict]] = {"tutorial": [], "bare": [], "bare_fused": [], "project": [], "classic": []}
         for repeat in range(args.repeats):
             for name in results:  # alternate the variants, so drifts in machine load hit all of them
                 cwd = workdir / f"{name}{repeat}"
@@ -85,9 +86,10 @@ def main() -> None:
                     results[name].append({"wall": wall, "rss": rss, "epoch": steady(data["epoch_times"]),
                                           "val_acc": None, "test_acc": data["test_acc"]})
                     continue
-                if name == "bare":
+                if name in ("bare", "bare_fused"):
+                    fused = ["--fused"] if name == "bare_fused" else []
                     wall, rss, out = run_measured([py, str(BENCH / "bare_reference.py"), "--data-dir", str(data_dir),
-                                                   "--threads", str(args.threads)], cwd)
+                                                   "--threads", str(args.threads), *fused], cwd)
                     data = json.loads(out.strip().splitlines()[-1])
                     results[name].append({"wall": wall, "rss": rss, "epoch": steady(data["epoch_times"]),
                                           "val_acc": data["val_acc"], "test_acc": data["test_acc"]})
@@ -118,13 +120,15 @@ def main() -> None:
     print("| run | s/epoch | whole process s | peak RSS MiB | val acc | test acc |")
     print("|---|---|---|---|---|---|")
     labels = {"tutorial": "(a) tutorial script (DataLoader + ToTensor)", "bare": "(b) bare in-memory PyTorch loop",
+              "bare_fused": "(b') the same, fused Adam",
               "project": "(c) project `fit`, default config", "classic": "(d) project `fit`, --data.pipeline torchvision"}
     for name, m in med.items():
         print(f"| {labels[name]} | {m['epoch']:.2f} | {m['wall']:.1f} | {m['rss']:.0f} | {pct(m['val_acc'])} | {pct(m['test_acc'])} |")
-    p, b, t, c = med["project"], med["bare"], med["tutorial"], med["classic"]
+    p, b, t, c, bf = med["project"], med["bare"], med["tutorial"], med["classic"], med["bare_fused"]
     print("\n| ratio | value | goal |")
     print("|---|---|---|")
     print(f"| project s/epoch / bare s/epoch | {p['epoch'] / b['epoch']:.2f} | <= 1.5 |")
+    print(f"| project s/epoch / bare+fused s/epoch (framework cost alone) | {p['epoch'] / bf['epoch']:.2f} | - |")
     print(f"| tutorial s/epoch / project s/epoch | {t['epoch'] / p['epoch']:.1f}x faster | >= 4 |")
     print(f"| classic-pipeline s/epoch / project s/epoch | {c['epoch'] / p['epoch']:.1f}x faster | (data path alone) |")
     print(f"| project whole process / tutorial whole process | {p['wall'] / t['wall']:.2f} | <= 0.5 |")

@@ -26,5 +26,8 @@ class EpochTimer(Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         val_acc = trainer.callback_metrics.get("val/acc")
+        # The TensorBoard figures' own cost (collected and drawn inside the epochs timed above).
+        figures = next((c.seconds for c in trainer.callbacks if type(c).__name__ == "ValidationFigures"), None)
         with open(self.path, "w") as f:
-            json.dump({"epoch_times": self.epoch_times, "val_acc": float(val_acc) if val_acc is not None else None}, f)
+            json.dump({"epoch_times": self.epoch_times, "val_acc": float(val_acc) if val_acc is not None else None,
+                       "figures_seconds": figures}, f)

@@ -106,10 +106,11 @@ def main() -> None:
                                           "--data.data_dir", str(data_dir), "--trainer.enable_progress_bar", "false"], cwd)
                 correct = int(re.search(r"Got (\d+) / 10000", out).group(1))
                 results[name].append({"wall": wall, "rss": rss, "epoch": steady(data["epoch_times"]),
-                                      "val_acc": data["val_acc"], "test_acc": correct / 10000})
+                                      "val_acc": data["val_acc"], "test_acc": correct / 10000,
+                                      "figures": data["figures_seconds"] / len(data["epoch_times"])})
             print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr, flush=True)
 
-    med = {name: {k: statistics.median(r[k] for r in runs) if runs[0][k] is not None else None for k in runs[0]}
+    med = {name: {k: statistics.median(r[k] for r in runs) if runs[0].get(k) is not None else None for k in runs[0]}
            for name, runs in results.items()}
 
     def pct(v: float | None) -> str:
@@ -133,6 +134,8 @@ def main() -> None:
     print(f"| classic-pipeline s/epoch / project s/epoch | {c['epoch'] / p['epoch']:.1f}x faster | (data path alone) |")
     print(f"| project whole process / tutorial whole process | {p['wall'] / t['wall']:.2f} | <= 0.5 |")
     print(f"| project peak RSS / tutorial peak RSS | {p['rss'] / t['rss']:.2f} | <= 1.0 |")
+    print(f"| TensorBoard figures / project epoch (included above) | {p['figures'] / p['epoch']:.1%} "
+          f"({p['figures']:.3f} s) | small |")
     same = all(r["test_acc"] == c_["test_acc"] for r, c_ in zip(results["project"], results["classic"], strict=True))
     print(f"| test accuracy, in-memory vs classic pipeline | {'identical' if same else 'DIFFERENT'} | identical |")
 

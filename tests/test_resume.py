@@ -123,3 +123,21 @@ def test_rerun_into_an_existing_run_folder_is_refused_and_loses_nothing(tiny_dat
     assert again.returncode == 2
     assert "already holds checkpoints" in again.stderr and "--ckpt_path last" in again.stderr
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_sigterm_on_real_mnist_then_resume_is_bit_identical(real_data, tmp_path):
+    """The default config on the official data: SIGTERM in the middle of epoch 1, resume, compare."""
+    args = ("fit", "--data.data_dir", str(real_data), "--trainer.max_epochs", "2", "--trainer.enable_progress_bar",
+            "false", "--torch_threads", "1")
+    reference_dir, interrupted_dir = tmp_path / "reference", tmp_path / "interrupted"
+    reference_dir.mkdir()
+    interrupted_dir.mkdir()
+    assert _fit(reference_dir, *args).returncode == 0
+    first = _fit(interrupted_dir, *args, *_inject("SIGTERM", epoch=1, batch=400), faults=True)
+    assert first.returncode == 128 + signal.SIGTERM, first.stderr
+    run_dir = interrupted_dir / "lightning_logs" / "version_0"
+    resumed = _fit(interrupted_dir, "fit", "--config", str(run_dir / "config.yaml"), "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_bit_identical(run_dir, reference_dir / "lightning_logs" / "version_0")

@@ -115,9 +115,12 @@ class MNISTClassifier(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(**{k: v for k, v in accuracy.items() if k != "task"})
         self.val_acc = self.train_acc.clone()
         self.test_acc = self.train_acc.clone()
-        # nan_strategy="disable": no NaN scan (a device sync) per update; a NaN training loss is
-        # caught by ResumeCheckpoint, which stops the run with a clear message instead.
-        self.train_loss, self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in range(3))
+        # Training: nan_strategy="disable" skips a NaN scan (a device sync) on every step; a NaN
+        # loss is caught by ResumeCheckpoint, which stops the run with a clear message. Not for the
+        # evaluation means: with "disable", torchmetrics 1.9 drops the `weight` argument, and they
+        # weight each batch by its size.
+        self.train_loss = MeanMetric(nan_strategy="disable")
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.test_count = SumMetric()
         self.val_acc_best = MaxMetric()
         # Metric states go into checkpoints, so a run resumed mid-epoch logs the same epoch means,

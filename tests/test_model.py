@@ -174,3 +174,13 @@ def test_weight_decay_applies_to_weight_matrices_only():
         assert (id(p) in decayed) == (p.ndim >= 2), name
     tutorial = MNISTClassifier().configure_optimizers()
     assert len(tutorial.param_groups) == 1 and tutorial.param_groups[0]["weight_decay"] == 0
+
+
+def test_validation_loss_is_the_mean_over_images_not_over_batches(tiny_data, tmp_path):
+    dm = MNISTDataModule(data_dir=str(tiny_data), verify=False, val_size=100, eval_batch_size=64)  # 64 + 36
+    model = MNISTClassifier()
+    metrics = _trainer(tmp_path).validate(model, dm, verbose=False)[0]
+    x, y = dm.val_set.__getitems__(list(range(100)))
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(model(x), y)
+    assert metrics["val/loss"] == pytest.approx(float(expected), rel=1e-5)

@@ -69,6 +69,13 @@ class RunConfigSaver(SaveConfigCallback):
 
 
 class MNISTLightningCLI(LightningCLI):
+    """LightningCLI for MNISTClassifier + MNISTDataModule, with this project's rails.
+
+    configs/default.yaml under every subcommand; checkpoints written atomically and loaded
+    weights-only (SafeCheckpointIO); ResumeCheckpoint always on; `--ckpt_path last` resolved in the
+    run's own folder; input settings inherited from checkpoints; `--torch_threads`.
+    """
+
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         default_files = [str(DEFAULT_CONFIG)] if DEFAULT_CONFIG.is_file() else []
         super().__init__(

@@ -209,10 +209,11 @@ class MNISTDataModule(pl.LightningDataModule):
             **self._loader_kwargs(self.train_set),
         )
 
-    def _eval_loader(self, dataset: Dataset | None) -> DataLoader:
+    def _eval_loader(self, dataset: Dataset | None, shard: bool = True) -> DataLoader:
+        """In order, `eval_batch_size` at a time; `shard=False` leaves DDP sharding to Lightning."""
         assert dataset is not None, "call setup() for this stage first"
-        return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, sampler=self._eval_sampler(dataset),
-                          **self._loader_kwargs(dataset))
+        sampler = self._eval_sampler(dataset) if shard else None
+        return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, sampler=sampler, **self._loader_kwargs(dataset))
 
     def _eval_sampler(self, dataset: Dataset) -> Sampler | None:
         """Under DDP, each rank's slice of an evaluation set, with no image repeated; else None (in order).
@@ -237,7 +238,5 @@ class MNISTDataModule(pl.LightningDataModule):
         return self._eval_loader(self.test_set)
 
     def predict_dataloader(self) -> DataLoader:
-        assert self.predict_set is not None, "call setup('predict') first"
         # Lightning itself shards predict loaders without repeats (UnrepeatedDistributedSamplerWrapper).
-        return DataLoader(self.predict_set, batch_size=self.hparams.eval_batch_size, shuffle=False,
-                          **self._loader_kwargs(self.predict_set))
+        return self._eval_loader(self.predict_set, shard=False)

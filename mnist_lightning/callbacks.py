@@ -42,11 +42,13 @@ class ResumeCheckpoint(Checkpoint):
       monitored metric improved, so a plateauing run would resume from an old epoch. Saved after
       the module's `on_train_epoch_end` (this is a `Checkpoint`, which Lightning calls last), so
       the epoch's metrics are already logged and reset.
-    * SIGINT/SIGTERM: the current batch finishes, then the checkpoint is written between batches,
-      so weights, optimizer, RNG and the loader's position agree; the process prints how to resume
-      and exits with 128 + the signal number. Resuming continues at the next batch and ends
-      bit-identical to an uninterrupted run. (Lightning alone exits on SIGTERM without a
-      checkpoint, and Ctrl+C may land in the middle of an optimizer step.)
+    * SIGINT/SIGTERM: the current call of training_step finishes (its `steps_per_call` batches),
+      then the checkpoint is written between batches, so weights, optimizer, RNG and the loader's
+      position agree (in the epoch's last call, the epoch finishes first: validation, the
+      epoch-end checkpoint, its metrics logged); the process prints how to resume and exits with 128 + the signal
+      number. Resuming continues at the next batch and ends bit-identical to an uninterrupted run.
+      (Lightning alone exits on SIGTERM without a checkpoint, and Ctrl+C may land in the middle
+      of an optimizer step.)
     * A NaN or infinite loss raises `TrainingDiverged` before validation, so no checkpoint (this
       one or ModelCheckpoint's) ever holds the broken weights: the last good one stays.
     """
@@ -55,6 +57,7 @@ class ResumeCheckpoint(Checkpoint):
         self._received: int | None = None
         self._previous_handlers: dict[int, Any] = {}
         self._all_finite: torch.Tensor | None = None
+        self._batches_done = 0
 
     @staticmethod
     def path(trainer: pl.Trainer) -> Path:
@@ -90,6 +93,7 @@ class ResumeCheckpoint(Checkpoint):
 
     # --------------------------------------------------------------------------- per batch
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._batches_done = batch_idx + 1  # the index of the last batch the call trained on
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
             # Accumulated on the device; read back (a sync) once per step on CPU is cheap, and on
@@ -98,20 +102,31 @@ class ResumeCheckpoint(Checkpoint):
             self._all_finite = finite if self._all_finite is None else self._all_finite & finite
             if loss.device.type == "cpu":
                 self._check_finite(trainer)
-        if self._interrupt_requested(trainer):
+        # In the epoch's last call the epoch is finished first (validation, the epoch-end save, its
+        # metrics logged; on_train_epoch_start stops the next one): a checkpoint taken between the
+        # last batch and the epoch's end would make Lightning, which counts training_step calls
+        # there, resume the finished epoch as if it were half done.
+        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch and self._interrupt_requested(trainer):
             self._save_and_exit(trainer)
 
     def _save_and_exit(self, trainer: pl.Trainer) -> None:
-        signum = self._received or signal.SIGTERM
         self._check_finite(trainer)
-        path = self.path(trainer)
-        epoch, batch = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(self.path(trainer))
+        self._exit(trainer, f"in epoch {trainer.current_epoch}: saved after {self._batches_done} of its batches")
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A signal during the previous epoch's last call or its validation: that epoch has ended and
+        # been saved (and its metrics logged); stop before this one starts.
+        if self._interrupt_requested(trainer):
+            self._exit(trainer, f"at the end of epoch {trainer.current_epoch - 1}: saved")
+
+    def _exit(self, trainer: pl.Trainer, when: str) -> None:
+        signum = self._received or signal.SIGTERM
         if trainer.is_global_zero:
             config = Path(trainer.log_dir or ".") / "config.yaml"
             print(
-                f"{signal.Signals(signum).name} received at epoch {epoch}, batch {batch}: saved {path}. Resume with: "
-                f"python -m mnist_lightning fit --config {config} --ckpt_path last",
+                f"{signal.Signals(signum).name} received {when} {self.path(trainer)}. "
+                f"Resume with: python -m mnist_lightning fit --config {config} --ckpt_path last",
                 file=sys.stderr,
                 flush=True,
             )

@@ -126,7 +126,10 @@ def test_asking_for_a_missing_gpu_gives_lightnings_clear_error(tiny_data, tmp_pa
 
 
 def test_nan_loss_stops_training_with_a_message_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
+    # 8 batches an epoch, 2 per training_step call: the weights are poisoned after the call that ends
+    # with batch 3, and the next call's losses are NaN.
     result = run_cli("fit", "--data.data_dir", str(tiny_data), *TINY_ARGS, "--trainer.max_epochs", "3",
+                     "--model.steps_per_call", "2",
                      "--trainer.callbacks+=fault_injection.NaNLossAt", "--trainer.callbacks.epoch", "1",
                      "--trainer.callbacks.batch", "2", cwd=tmp_path,
                      env={"PYTHONPATH": f"{PROJECT_ROOT}:{TESTS_DIR}", "FAULT_INJECTION": "1"})

@@ -57,7 +57,9 @@ class RunProbe(Callback):
         pixels = (batch[0].detach().float().cpu().flatten(1) * 255).round().to(torch.uint8).numpy()
         return [hashlib.sha1(row.tobytes()).hexdigest() for row in pixels]
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        # The hook sees the last batch of each training_step call: probe_args sets one batch per call.
         self.seen[f"train/{trainer.current_epoch}"] += self._keys(batch)
 
     def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int,
@@ -88,7 +90,8 @@ class RunProbe(Callback):
 # ------------------------------------------------------------------------------------------ helpers
 def probe_args(out_dir: Path) -> tuple[str, ...]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    return ("--trainer.callbacks+=test_ddp.RunProbe", "--trainer.callbacks.out_dir", str(out_dir))
+    return ("--trainer.callbacks+=test_ddp.RunProbe", "--trainer.callbacks.out_dir", str(out_dir),
+            "--model.steps_per_call", "1")
 
 
 def probe_env() -> dict[str, str]:
@@ -201,6 +204,25 @@ def test_two_processes_shard_training_data_and_write_one_run(strategy, pipeline,
     run = assert_one_run_written(tmp_path)
     # 250 images per rank = 4 steps per epoch (not the 8 of one process seeing all 500).
     assert_checkpoint_loads(run / "checkpoints" / "last.ckpt", epoch=1, global_step=8)
+
+
+@pytest.mark.slow
+def test_two_processes_take_the_same_steps_with_several_batches_per_call(data_dir, tmp_path):
+    """Several manual backward passes per DDP forward: gradients are still averaged at every step,
+    so the weights equal those of one batch per call (the DDP reducer is re-armed per backward)."""
+    weights = {}
+    for steps_per_call in (1, 3):
+        workdir = tmp_path / f"k{steps_per_call}"
+        workdir.mkdir()
+        result = run_cli("fit", "--data.data_dir", str(data_dir), *SMALL, "--trainer.devices", "2",
+                         "--trainer.strategy", "ddp", "--trainer.max_epochs", "2", "--model.dropout", "0.2",
+                         "--model.steps_per_call", str(steps_per_call), cwd=workdir, timeout=TIMEOUT_S)
+        assert result.returncode == 0, result.stderr[-5000:]
+        checkpoint = torch.load(workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+        assert checkpoint["global_step"] == 8  # 4 steps per epoch per process
+        weights[steps_per_call] = checkpoint["state_dict"]
+    for name, value in weights[1].items():
+        assert torch.equal(value, weights[3][name]), name
 
 
 @pytest.mark.slow

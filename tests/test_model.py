@@ -184,3 +184,47 @@ def test_validation_loss_is_the_mean_over_images_not_over_batches(tiny_data, tmp
     with torch.no_grad():
         expected = torch.nn.functional.cross_entropy(model(x), y)
     assert metrics["val/loss"] == pytest.approx(float(expected), rel=1e-5)
+
+
+# ------------------------------------------------------------------ several batches per training_step call
+def _fit_weights(tiny_data: Path, tmp_path: Path, steps_per_call: int, **trainer_kwargs) -> tuple[dict, pl.Trainer]:
+    pl.seed_everything(3)
+    dm = MNISTDataModule(data_dir=str(tiny_data), verify=False, val_size=100, batch_size=32)
+    # Dropout and a per-batch schedule: the global RNG stream and the scheduler steps must line up too.
+    model = MNISTClassifier(steps_per_call=steps_per_call, dropout=0.2, lr_schedule="onecycle", lr=3e-3)
+    trainer = _trainer(tmp_path / f"k{steps_per_call}", **{"max_epochs": 2, **trainer_kwargs})
+    trainer.fit(model, dm)
+    return {k: v.clone() for k, v in model.state_dict().items()}, trainer
+
+
+def test_several_batches_per_call_make_exactly_the_updates_of_one_batch_per_call(tiny_data, tmp_path):
+    # 500 training images / 32 = 16 batches an epoch: calls of 3 leave a short last call (16 = 5 x 3 + 1).
+    one, trainer_one = _fit_weights(tiny_data, tmp_path, steps_per_call=1)
+    for k in (3, 10):
+        several, trainer = _fit_weights(tiny_data, tmp_path, steps_per_call=k)
+        assert trainer.global_step == trainer_one.global_step == 2 * 16  # optimizer steps, whatever k
+        for name, value in one.items():
+            assert torch.equal(value, several[name]), (k, name)
+        for metric in ("train/acc", "val/acc"):  # same predictions; train/loss may differ in the last bit
+            assert trainer.callback_metrics[metric] == trainer_one.callback_metrics[metric], (k, metric)
+        assert trainer.callback_metrics["train/loss"] == pytest.approx(float(trainer_one.callback_metrics["train/loss"]))
+
+
+def test_limits_and_max_steps_count_batches_not_calls(tiny_data, tmp_path):
+    _, limited = _fit_weights(tiny_data, tmp_path, steps_per_call=10, limit_train_batches=3)
+    assert limited.global_step == 2 * 3
+    _, stopped = _fit_weights(tiny_data, tmp_path, steps_per_call=10, max_steps=7)
+    assert stopped.global_step == 7  # not rounded up to a whole call
+
+
+def test_validation_inside_an_epoch_asks_for_one_batch_per_call(tiny_data, tmp_path):
+    with pytest.raises(UserInputError, match="--model.steps_per_call 1"):
+        _fit_weights(tiny_data, tmp_path, steps_per_call=4, val_check_interval=0.5)
+    _, trainer = _fit_weights(tiny_data, tmp_path, steps_per_call=1, val_check_interval=0.5)
+    assert trainer.global_step == 2 * 16
+
+
+def test_steps_per_call_must_be_a_positive_integer():
+    for bad in (0, -2):
+        with pytest.raises(UserInputError, match="model.steps_per_call"):
+            MNISTClassifier(steps_per_call=bad)

@@ -61,14 +61,20 @@ def assert_bit_identical(run_dir: Path, reference_dir: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
-def test_signal_mid_epoch_saves_position_and_resumes_bit_identical(signal_name, data_dir, uninterrupted, tmp_path):
-    first = _fit(tmp_path, "fit", "--data.data_dir", str(data_dir), *RUN_ARGS, *_inject(signal_name, epoch=1, batch=6), faults=True)
+@pytest.mark.parametrize(("signal_name", "batch", "trained"), [
+    ("SIGTERM", 6, 10),  # the signal comes during the call of batches 0..9 (steps_per_call 10): it ends, then the save
+    ("SIGINT", 6, 10),
+    ("SIGTERM", 12, 15),  # during the epoch's last call (batches 10..14): saved with the whole epoch trained
+])
+def test_signal_mid_epoch_saves_position_and_resumes_bit_identical(signal_name, batch, trained, data_dir, uninterrupted,
+                                                                   tmp_path):
+    first = _fit(tmp_path, "fit", "--data.data_dir", str(data_dir), *RUN_ARGS, *_inject(signal_name, epoch=1, batch=batch),
+                 faults=True)
     assert first.returncode == 128 + getattr(signal, signal_name), first.stderr
     assert "--ckpt_path last" in first.stderr  # one line saying how to resume
     run_dir = tmp_path / "lightning_logs" / "version_0"
     position = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["loops"]["fit_loop"]["state_dict"]["combined_loader"]
-    assert position == [{"epoch": 1, "batches": 7}]  # batches 0..6 of epoch 1 were trained on
+    assert position == [{"epoch": 1, "batches": trained}]
 
     resumed = _fit(tmp_path, "fit", "--config", str(run_dir / "config.yaml"), "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr

@@ -81,8 +81,13 @@ class ResumeCheckpoint(Checkpoint):
                 return
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Lightning's own teardown (which runs before this hook) has already put back the handlers
+        # from before its fit, replacing ours. Restoring what we saw in on_train_start then would
+        # reinstall Lightning's SIGTERM handler, which holds the Trainer (and through it the model
+        # and the datasets) for the rest of the process. Only undo what is still ours.
         for signum, handler in self._previous_handlers.items():
-            signal.signal(signum, handler)
+            if signal.getsignal(signum) == self._handle:
+                signal.signal(signum, handler)
         self._previous_handlers.clear()
 
     def _interrupt_requested(self, trainer: pl.Trainer) -> bool:

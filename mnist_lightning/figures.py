@@ -50,7 +50,7 @@ def _short(name: str, limit: int = 8) -> str:
 
 
 def image_grid(images: torch.Tensor, preds: Sequence[int], targets: Sequence[int], classes: Sequence[str],
-               probs: Sequence[float] | None = None, columns: int = 8, zoom: int = 3) -> Image.Image:
+               probs: Sequence[float] | None = None, columns: int = 8, zoom: int = 2) -> Image.Image:
     """Images (N, 1, H, W) tiled `columns` wide, each labelled `predicted/true` (and `probs`); mistakes framed in red.
 
     Drawn with PIL rather than matplotlib: a grid of 32 labelled digits takes milliseconds, not a

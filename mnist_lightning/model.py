@@ -130,7 +130,7 @@ class MNISTClassifier(pl.LightningModule):
         label_smoothing: float = 0.0,
         warmup: float = 0.25,
         num_classes: int = 10,
-        steps_per_call: int = 10,
+        steps_per_call: int = 50,
     ):
         super().__init__()
         hidden_sizes = list(hidden_sizes)

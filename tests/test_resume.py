@@ -12,8 +12,10 @@ from conftest import TINY_ARGS, run_cli, write_idx_dataset
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 TESTS_DIR = Path(__file__).resolve().parent
-# Dropout on, so the global RNG matters too; 1000 images -> 15 batches per epoch.
-RUN_ARGS = (*TINY_ARGS, "--trainer.max_epochs", "3", "--model.dropout", "0.2", "--torch_threads", "1")
+# Dropout on, so the global RNG matters too; 1000 images -> 15 batches per epoch, 10 per training_step
+# call (the default, 50, would make every epoch a single call).
+RUN_ARGS = (*TINY_ARGS, "--trainer.max_epochs", "3", "--model.dropout", "0.2", "--torch_threads", "1",
+            "--model.steps_per_call", "10")
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,7 @@ def assert_bit_identical(run_dir: Path, reference_dir: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("signal_name", "batch", "trained"), [
-    ("SIGTERM", 6, 10),  # the signal comes during the call of batches 0..9 (steps_per_call 10): it ends, then the save
+    ("SIGTERM", 6, 10),  # the signal comes during the call of batches 0..9: it ends, then the save
     ("SIGINT", 6, 10),
     ("SIGTERM", 12, 15),  # during the epoch's last call (batches 10..14): saved with the whole epoch trained
 ])

@@ -2,6 +2,9 @@
 
 Reference (b) of benchmarks/speed.py: same net, optimizer, batch, seed and train/val split as the
 project's default config, batches gathered by index from one uint8 tensor, no Lightning, no logging.
+(It imports mnist_lightning only to read the IDX files; that import also turns off, where there is
+no NVIDIA driver, the NVML probe that Lightning's import would otherwise add to every Adam step:
+see mnist_lightning/gpu_probe.py. Without that, this loop would be ~15% slower than a true bare loop.)
     python benchmarks/bare_reference.py --data-dir ../shared/data/mnist --threads 1
 """
 

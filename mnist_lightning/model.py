@@ -98,8 +98,8 @@ class MNISTClassifier(pl.LightningModule):
     `optimizer.step()`, so precision plugins and DDP still apply). The updates are exactly those of
     one batch per call; what changes is how often Lightning's per-step machinery runs (hooks of
     every callback, logger and progress bookkeeping): about 0.3 ms per call on a CPU, half the cost
-    of a 64-image step of the 784-50-10 net, so one call per batch made training ~1.5x slower than
-    a bare loop (README, "Speed"). Consequences: hooks such as `on_train_batch_end` and a SIGINT/
+    of a 64-image step of the 784-50-10 net, so with one call per batch Lightning's loop alone took
+    ~1.4x the time of a bare PyTorch loop (README, "Speed"). Consequences: hooks such as `on_train_batch_end` and a SIGINT/
     SIGTERM checkpoint come every `steps_per_call` batches; validation inside an epoch
     (`val_check_interval` < 1 epoch in batches) needs `steps_per_call: 1`; Lightning's
     `gradient_clip_val` and `accumulate_grad_batches` are for automatic optimization only.

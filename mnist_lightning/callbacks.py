@@ -45,8 +45,8 @@ class ResumeCheckpoint(Checkpoint):
     * SIGINT/SIGTERM: the current call of training_step finishes (its `steps_per_call` batches),
       then the checkpoint is written between batches, so weights, optimizer, RNG and the loader's
       position agree (in the epoch's last call, the epoch finishes first: validation, the
-      epoch-end checkpoint, its metrics logged); the process prints how to resume and exits with 128 + the signal
-      number. Resuming continues at the next batch and ends bit-identical to an uninterrupted run.
+      epoch-end checkpoint, its metrics logged); the process prints how to resume and exits with
+      128 + the signal number. Resuming continues at the next batch and ends bit-identical to an uninterrupted run.
       (Lightning alone exits on SIGTERM without a checkpoint, and Ctrl+C may land in the middle
       of an optimizer step.)
     * A NaN or infinite loss raises `TrainingDiverged` before validation, so no checkpoint (this
@@ -101,7 +101,7 @@ class ResumeCheckpoint(Checkpoint):
         self._batches_done = batch_idx + 1  # the index of the last batch the call trained on
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
-            # Accumulated on the device; read back (a sync) once per step on CPU is cheap, and on
+            # Accumulated on the device; read back (a sync) once per call on CPU is cheap, and on
             # a GPU only before validation and saves.
             finite = torch.isfinite(loss.detach())
             self._all_finite = finite if self._all_finite is None else self._all_finite & finite

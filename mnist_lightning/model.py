@@ -144,7 +144,7 @@ class MNISTClassifier(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(**{k: v for k, v in accuracy.items() if k != "task"})
         self.val_acc = self.train_acc.clone()
         self.test_acc = self.train_acc.clone()
-        # Training: nan_strategy="disable" skips a NaN scan (a device sync) on every step; a NaN
+        # Training: nan_strategy="disable" skips a NaN scan (a device sync) on every update; a NaN
         # loss is caught by ResumeCheckpoint, which stops the run with a clear message. Not for the
         # evaluation means: with "disable", torchmetrics 1.9 drops the `weight` argument, and they
         # weight each batch by its size.
@@ -225,9 +225,9 @@ class MNISTClassifier(pl.LightningModule):
         # batch_size: Lightning asks for one with `dataloader_iter`; these are single epoch-level values.
         self.log("train/loss", self.train_loss.compute(), batch_size=1)
         self.log("train/acc", self.train_acc.compute(), prog_bar=True, batch_size=1)
-        # The learning rate here rather than Lightning's LearningRateMonitor: that callback costs
-        # ~4% of every step of this net (Lightning calls each callback for every per-step hook) and
-        # stops runs that have no logger.
+        # The learning rate here rather than Lightning's LearningRateMonitor: that callback cost ~4%
+        # of every step of this net with one batch per training_step call (Lightning calls each
+        # callback for every per-batch hook), and it stops runs that have no logger.
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=1)
         self._log_x_axis()
         self.train_loss.reset()

@@ -18,7 +18,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from mnist_lightning.data import split_indices
-from mnist_lightning.datasets import DATASETS
+from mnist_lightning.idx import DATASETS
 from mnist_lightning.idx import load_split
 
 

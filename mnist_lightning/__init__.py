@@ -1,9 +1,9 @@
-"""mnist-lightning: the fully connected MNIST tutorial as a clean, fast, reproducible Lightning project."""
+"""mnist-lightning: the fully connected MNIST tutorial as a clean, fast, reproducible Lightning project.
+
+    python -m mnist_lightning fit          # see mnist_lightning/__main__.py
+"""
 
 from mnist_lightning.data import MNISTDataModule
-from mnist_lightning.gpu_probe import skip_nvml_check_without_driver
 from mnist_lightning.model import MLP, MNISTClassifier
-
-skip_nvml_check_without_driver()  # after Lightning's import, which sets the flag
 
 __all__ = ["MLP", "MNISTClassifier", "MNISTDataModule"]

@@ -8,27 +8,22 @@
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from torchvision import transforms
 
-from mnist_lightning.datasets import DATASETS, DatasetSpec
 from mnist_lightning.errors import DataFileError, UserInputError
-from mnist_lightning.idx import find_file, load_split, missing_files_message
-from mnist_lightning.loaders import (
-    EpochShuffleSampler,
-    InMemoryDigits,
-    PerSampleDigits,
-    ResumableDataLoader,
-    keep_batch,
-)
+from mnist_lightning.idx import DATASETS, DatasetSpec, find_file, load_split, missing_files_message
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +67,7 @@ class MNISTDataModule(pl.LightningDataModule):
         verify: check the files against the official checksums and sizes. Turn off only for
             deliberately custom files (e.g. a subset).
         predict_path: an image file or folder of images to classify in ``predict`` instead of the
-            test set (see ``mnist_lightning.images`` for the preprocessing).
+            test set (see ``mnist_lightning.predict`` for the preprocessing).
     """
 
     def __init__(
@@ -98,7 +93,7 @@ class MNISTDataModule(pl.LightningDataModule):
                 raise UserInputError(f"data.{name} must be an integer >= {minimum}; got {value!r}.")
         if pipeline not in ("memory", "torchvision"):
             raise UserInputError(f"data.pipeline must be 'memory' or 'torchvision'; got {pipeline!r}.")
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the model logs the experiment's hyperparameters
         self.data_dir = Path(data_dir)
         self.spec: DatasetSpec = DATASETS[dataset]
         self.train_set: Dataset | None = None
@@ -111,21 +106,37 @@ class MNISTDataModule(pl.LightningDataModule):
         return self.spec.classes
 
     # ----------------------------------------------------------------------------------- files
+    def splits_needed(self, stage: str | None) -> tuple[bool, ...]:
+        """Which splits a stage reads (True: training, False: test); predicting your own images reads none."""
+        if stage in ("fit", "validate"):
+            return (True,)
+        if stage == "test" or (stage == "predict" and self.hparams.predict_path is None):
+            return (False,)
+        if stage == "predict":
+            return ()
+        return (True, False)
+
     def prepare_data(self) -> None:
-        """Verify the four files, downloading them with torchvision first if any is missing."""
-        missing = [f for f in self.spec.files if find_file(self.data_dir, self.spec, f) is None]
+        """Verify the files the stage needs, downloading them with torchvision first if any is missing."""
+        stage = self.trainer.state.fn if self.trainer is not None else None
+        splits = self.splits_needed(str(stage.value) if stage is not None else None)
+        missing = [train for train in splits if any(find_file(self.data_dir, self.spec, f) is None for f in self._files(train))]
         if missing:
-            self._download()
-        for train in (True, False):
+            self._download(missing)
+        for train in splits:
             self._decoded(train)
 
-    def _download(self) -> None:
+    def _files(self, train: bool) -> tuple:
+        return self.spec.files[0:2] if train else self.spec.files[2:4]
+
+    def _download(self, splits: list[bool]) -> None:
         log.info("Downloading %s into %s", self.spec.name, self.data_dir)
         try:
-            for train in (True, False):
+            for train in splits:
                 self.spec.torchvision_class(str(self.data_dir), train=train, download=True)
         except Exception as err:  # urllib/HTTP/OS errors: offline clusters are a normal case
-            raise DataFileError(f"{missing_files_message(self.data_dir, self.spec)}\n(download failed: {err})") from None
+            files = [f for train in splits for f in self._files(train)]
+            raise DataFileError(f"{missing_files_message(self.data_dir, self.spec, files)}\n(download failed: {err})") from None
 
     def _decoded(self, train: bool, keep: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """The split's tensors, decoded once per process: prepare_data keeps them for setup, which
@@ -144,7 +155,8 @@ class MNISTDataModule(pl.LightningDataModule):
     # ----------------------------------------------------------------------------------- datasets
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets for `stage`. Idempotent: a second call changes nothing."""
-        if stage in (None, "fit", "validate") and self.train_set is None:
+        needed = self.splits_needed(stage)
+        if True in needed and self.train_set is None:
             images, labels = self._decoded(train=True, keep=False)
             if self.hparams.val_size >= len(images):
                 raise UserInputError(
@@ -157,7 +169,7 @@ class MNISTDataModule(pl.LightningDataModule):
             if world > 1:  # batch semantics under DDP, stated once (README, "Batch size under DDP")
                 batch = self.hparams.batch_size
                 rank_zero_info(f"Training batch: {batch} per process x {world} processes = global batch {batch * world}.")
-        if stage in (None, "test", "predict") and self.test_set is None:
+        if False in needed and self.test_set is None:
             self.test_set = self._dataset(*self._decoded(train=False, keep=False))
         if stage in (None, "predict") and self.predict_set is None:
             self.predict_set = self._predict_dataset()
@@ -176,8 +188,9 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def _predict_dataset(self) -> Dataset:
         if self.hparams.predict_path is None:
+            assert self.test_set is not None
             return self.test_set
-        from mnist_lightning.images import ImageFolderDigits
+        from mnist_lightning.predict import ImageFolderDigits
 
         mean, std = (self.spec.mean, self.spec.std) if self.hparams.normalize else (None, None)
         return ImageFolderDigits(self.hparams.predict_path, mean, std)
@@ -240,3 +253,131 @@ class MNISTDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         # Lightning itself shards predict loaders without repeats (UnrepeatedDistributedSamplerWrapper).
         return self._eval_loader(self.predict_set, shard=False)
+
+
+class InMemoryDigits(Dataset):
+    """uint8 images (N, 28, 28) and int64 labels, scaled to float per batch.
+
+    `mean`/`std` given: `(x / 255 - mean) / std`, as `Normalize`; otherwise `x / 255`, as `ToTensor`.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: float | None = None, std: float | None = None):
+        if images.dtype != torch.uint8 or images.dim() != 3:
+            raise ValueError(f"images must be a uint8 tensor (N, H, W), got {images.dtype} {tuple(images.shape)}")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images = images
+        self.labels = labels
+        self.mean = mean
+        self.std = std
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def scale(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.unsqueeze(1).to(torch.get_default_dtype()).div(255)
+        if self.mean is not None and self.std is not None:
+            x = x.sub_(self.mean).div_(self.std)
+        return x
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.scale(self.images[index : index + 1])[0], self.labels[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The DataLoader calls this with a whole batch of indices: one gather instead of B lookups."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        if self.images.device.type != "cpu":
+            index = index.to(self.images.device, non_blocking=True)
+        return self.scale(self.images[index]), self.labels[index]
+
+    def to(self, device: torch.device | str) -> InMemoryDigits:
+        """Move the whole dataset once (e.g. to the GPU), so no batch crosses the bus again."""
+        self.images = self.images.to(device)
+        self.labels = self.labels.to(device)
+        return self
+
+
+class PerSampleDigits(Dataset):
+    """The classic torchvision pipeline, sample by sample: PIL image, then `transform`.
+
+    Same `__getitem__` as `torchvision.datasets.MNIST`; kept for augmentation and comparison.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Any):
+        self.images = images
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image = Image.fromarray(self.images[index].numpy(), mode="L")
+        return self.transform(image), int(self.labels[index])
+
+
+def keep_batch(batch: Any) -> Any:
+    """collate_fn for datasets whose `__getitems__` already returns a collated batch."""
+    return batch
+
+
+class EpochShuffleSampler(RandomSampler):
+    """A random order that is a pure function of (seed, epoch).
+
+    Lightning calls `set_epoch` before every epoch, so a resumed run replays exactly the order the
+    uninterrupted run would have used; the global RNG plays no part. Subclasses `RandomSampler` so
+    that Lightning recognises a shuffled loader and, under DDP, swaps in a `DistributedSampler`
+    (which is seeded from seed + epoch in the same way).
+    """
+
+    def __init__(self, data_source: Sequence[Any], seed: int | None = None):
+        super().__init__(data_source)
+        self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position within the epoch goes into the checkpoint.
+
+    Lightning saves `state_dict()` of every training loader that has one and hands it back to
+    `load_state_dict()` on resume. The position is the number of batches this epoch has yielded
+    (Lightning does not prefetch from sized loaders, so yielded means trained on); on resume the
+    same epoch's order is rebuilt and that many batches are skipped, so nothing is repeated or
+    missed, whatever the sampler (ours, or Lightning's DistributedSampler).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._epoch_batches = 0
+        self._resume_from: dict[str, int] | None = None
+
+    def _sampler_epoch(self) -> int:
+        return int(getattr(self.sampler, "epoch", 0))
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        return self._iterate(super().__iter__())
+
+    def _iterate(self, iterator: Iterator[Any]) -> Iterator[Any]:
+        # A generator: runs at the first next(), i.e. after Lightning's set_epoch for this epoch.
+        self._epoch_batches = 0
+        resume, self._resume_from = self._resume_from, None
+        if resume is not None and resume["epoch"] == self._sampler_epoch():
+            for _ in range(resume["batches"]):
+                next(iterator)
+            self._epoch_batches = resume["batches"]
+        for batch in iterator:
+            self._epoch_batches += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._sampler_epoch(), "batches": self._epoch_batches}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_from = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}

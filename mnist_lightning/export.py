@@ -6,9 +6,14 @@
 The exported model is the plain `MLP` in eval mode (dropout off, batch-norm statistics frozen): it
 takes what `MNISTClassifier.forward` takes, a float batch (N, 1, 28, 28) of any N, scaled like the
 run's training data (`x / 255`, then `(x - mean) / std` if the run normalised; the export prints
-which), and returns logits (N, classes). After writing, the file is loaded back and its logits are
-compared with the checkpoint's on a random batch. The ONNX check needs onnxruntime; without it the
+which), and returns logits (N, classes). After writing, the export is loaded back and its logits are
+compared with the checkpoint's on a random batch, before the file is written. The ONNX check needs onnxruntime; without it the
 file is written and the check is skipped, saying so.
+
+The export is serialised in memory, then written with `resume.write_atomically` (temporary file,
+fsync, rename): a full disk or a crash never leaves a truncated file over a good one, and an
+output that is the checkpoint itself (by name, link or default name) is refused before anything is
+written. Nothing else is written: no log folder.
 
 TorchScript is deprecated upstream in recent PyTorch releases (its FutureWarnings are silenced
 here); it still loads with `torch.jit.load` and needs no Python class. ONNX is the portable choice.
@@ -18,18 +23,22 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import io
+import os
 import sys
+import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from mnist_lightning.checkpointing import load_checkpoint_file
-from mnist_lightning.datasets import DATASETS
 from mnist_lightning.errors import CheckpointError, UserInputError
+from mnist_lightning.idx import DATASETS
 from mnist_lightning.model import MNISTClassifier
+from mnist_lightning.resume import first_line, load_checkpoint_file, write_atomically
 
 FORMATS = ("torchscript", "onnx")
 SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
@@ -38,18 +47,40 @@ SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
 # On test images the two agree within 1e-5 (tests/test_export.py).
 CHECK_TOLERANCE = 1e-4
 
+Runner = Callable[[torch.Tensor], torch.Tensor]
+
+
+def model_class(hparams: dict[str, Any]) -> type[MNISTClassifier]:
+    """The LightningModule class that wrote the checkpoint: from LightningCLI's `_class_path`, else its hparams."""
+    from mnist_lightning.fast import FastMNISTClassifier
+
+    class_path = str(hparams.get("_class_path", ""))
+    if class_path.rsplit(".", 1)[-1] == FastMNISTClassifier.__name__ or "steps_per_call" in hparams:
+        return FastMNISTClassifier
+    return MNISTClassifier
+
 
 def load_net(ckpt_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The checkpoint's `MLP` in eval mode, and the datamodule hyperparameters it was trained with."""
+    """The checkpoint's `MLP` in eval mode, and the datamodule hyperparameters it was trained with.
+
+    The file is first read with `weights_only=True` (`load_checkpoint_file`: no pickled code runs,
+    and empty or foreign files are refused); `load_from_checkpoint` then builds the module from the
+    checked contents, without LightningCLI's bookkeeping keys (`_instantiator`, `_class_path`).
+    """
     checkpoint = load_checkpoint_file(ckpt_path)
-    init = inspect.signature(MNISTClassifier.__init__).parameters
-    hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in init}
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    cls = model_class(hparams)
+    accepted = set(inspect.signature(cls.__init__).parameters) | set(inspect.signature(MNISTClassifier.__init__).parameters)
+    checkpoint["hyper_parameters"] = {k: v for k, v in hparams.items() if k in accepted and k != "self"}
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    buffer.seek(0)
     try:
-        model = MNISTClassifier(**hparams)
-        model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{ckpt_path} does not fit MNISTClassifier({hparams}): {str(err).splitlines()[0]}") from None
-    return model.net.eval(), dict(checkpoint.get("datamodule_hyper_parameters", {}))
+        model = cls.load_from_checkpoint(buffer, map_location="cpu", weights_only=True)
+    except (RuntimeError, TypeError, KeyError) as err:
+        raise CheckpointError(f"{ckpt_path} does not fit {cls.__name__}({checkpoint['hyper_parameters']}): "
+                              f"{first_line(err)}") from None
+    return model.net.eval(), dict(checkpoint.get("datamodule_hyper_parameters") or {})
 
 
 def input_description(data_hparams: dict[str, Any]) -> str:
@@ -60,16 +91,34 @@ def input_description(data_hparams: dict[str, Any]) -> str:
     return "float (N, 1, 28, 28): pixels / 255"
 
 
-def export_torchscript(net: nn.Module, example: torch.Tensor, output: Path) -> nn.Module:
+def output_path(ckpt_path: str | Path, fmt: str, output: str | Path | None) -> Path:
+    """Where to write: `output`, or the checkpoint's path with the format's suffix; never the checkpoint itself."""
+    ckpt = Path(ckpt_path)
+    default = output is None or str(output) == ""
+    target = ckpt.with_suffix(SUFFIXES[fmt]) if default else Path(output)
+    if target.is_dir():
+        raise UserInputError(f"--output {target} is a folder: give a file name, e.g. {target / ('model' + SUFFIXES[fmt])}.")
+    same = target.exists() and os.path.samefile(target, ckpt) or target.resolve() == ckpt.resolve()
+    if same:
+        which = f"the default output {target} (the checkpoint's name with {SUFFIXES[fmt]})" if default else f"--output {target}"
+        suggestion = ckpt.with_name(f"{ckpt.stem}-{fmt}{SUFFIXES[fmt]}")
+        raise UserInputError(f"{which} is the checkpoint {ckpt} itself, which the export would overwrite: "
+                             f"pass another --output, e.g. {suggestion}.")
+    return target
+
+
+def export_torchscript(net: nn.Module, example: torch.Tensor) -> tuple[bytes, Runner]:
+    """The scripted net as the bytes of a .pt file, and the model loaded back from those bytes."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
-        scripted = torch.jit.script(net)
-        torch.jit.save(scripted, str(output))
-        return torch.jit.load(str(output))
+        buffer = io.BytesIO()
+        torch.jit.save(torch.jit.script(net), buffer)  # in memory: no C++ file write to fail half-way
+        data = buffer.getvalue()
+        return data, torch.jit.load(io.BytesIO(data))
 
 
-def export_onnx(net: nn.Module, example: torch.Tensor, output: Path) -> Any:
-    """Writes one self-contained .onnx file with a dynamic batch dimension; returns a runner or None."""
+def export_onnx(net: nn.Module, example: torch.Tensor) -> tuple[bytes, Runner | None]:
+    """One self-contained .onnx file (dynamic batch dimension) as bytes, and a runner or None without onnxruntime."""
     try:
         import onnx  # noqa: F401  (the exporter needs both)
         import onnxscript  # noqa: F401
@@ -77,16 +126,19 @@ def export_onnx(net: nn.Module, example: torch.Tensor, output: Path) -> Any:
         raise UserInputError(
             f"ONNX export needs the onnx and onnxscript packages ({err}): pip install -e \".[onnx]\""
         ) from None
-    torch.onnx.export(
-        net, (example,), str(output), input_names=["images"], output_names=["logits"],
-        dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, external_data=False, verbose=False,
-    )
+    with tempfile.TemporaryDirectory(prefix="mnist-export-") as scratch:  # the exporter writes a path
+        path = Path(scratch) / "model.onnx"
+        torch.onnx.export(
+            net, (example,), str(path), input_names=["images"], output_names=["logits"],
+            dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, external_data=False, verbose=False,
+        )
+        data = path.read_bytes()
     try:
         import onnxruntime
     except ImportError:
-        return None
-    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
-    return lambda x: torch.from_numpy(session.run(["logits"], {"images": x.numpy()})[0])
+        return data, None
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    return data, lambda x: torch.from_numpy(session.run(["logits"], {"images": x.numpy()})[0])
 
 
 def export(ckpt_path: str | Path, fmt: str, output: str | Path | None = None) -> Path:
@@ -94,30 +146,34 @@ def export(ckpt_path: str | Path, fmt: str, output: str | Path | None = None) ->
     if fmt not in FORMATS:
         raise UserInputError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}.")
     net, data_hparams = load_net(ckpt_path)
-    output = Path(output) if output else Path(ckpt_path).with_suffix(SUFFIXES[fmt])
+    target = output_path(ckpt_path, fmt, output)
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserInputError(f"cannot create the folder of --output {output}: {err.strerror or err}") from None
+        raise UserInputError(f"cannot create the folder of --output {target}: {err.strerror or err}") from None
     example = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     try:
-        runner = export_torchscript(net, example, output) if fmt == "torchscript" else export_onnx(net, example, output)
+        data, runner = export_torchscript(net, example) if fmt == "torchscript" else export_onnx(net, example)
     except OSError as err:
-        raise UserInputError(f"cannot write --output {output}: {err.strerror or err}") from None
+        raise UserInputError(f"cannot export to {target}: {err.strerror or first_line(err)}") from None
+    difference = None
+    if runner is not None:  # checked before writing: an export that does not reproduce the checkpoint is not written
+        with torch.no_grad():
+            x = torch.rand(7, 1, 28, 28, generator=torch.Generator().manual_seed(1))  # a batch size not exported with
+            difference = float((runner(x) - net(x)).abs().max())
+        if difference > CHECK_TOLERANCE:
+            raise UserInputError(f"the {fmt} export does not reproduce the checkpoint (logits differ by "
+                                 f"{difference:.2e}): nothing was written to {target}.")
+    write_atomically(target, lambda f: f.write(data), what=f"{fmt} export")
 
-    print(f"Wrote {fmt} model {output} ({output.stat().st_size / 1024:.0f} KiB)")
+    print(f"Wrote {fmt} model {target} ({len(data) / 1024:.0f} KiB)")
     print(f"  input:  {input_description(data_hparams)}")
     print(f"  output: logits (N, {net.layers[-1].out_features}); the predicted class is their argmax")
-    if runner is None:
+    if difference is None:
         print("  check:  skipped (install onnxruntime to compare the export with the checkpoint)")
-        return output
-    with torch.no_grad():
-        x = torch.rand(7, 1, 28, 28, generator=torch.Generator().manual_seed(1))  # a batch size not exported with
-        difference = float((runner(x) - net(x)).abs().max())
-    if difference > CHECK_TOLERANCE:
-        raise UserInputError(f"the export {output} does not reproduce the checkpoint: logits differ by {difference:.2e}.")
-    print(f"  check:  logits match the checkpoint's (max difference {difference:.1e})")
-    return output
+    else:
+        print(f"  check:  logits match the checkpoint's (max difference {difference:.1e})")
+    return target
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,7 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by `fit`")
     parser.add_argument("--format", required=True, choices=FORMATS, help="torchscript (.pt) or onnx (.onnx)")
-    parser.add_argument("--output", default=None, help="file to write (default: the checkpoint's path with .pt / .onnx)")
+    parser.add_argument("--output", default=None,
+                        help="file to write (default: the checkpoint's path with .pt / .onnx); never the checkpoint")
     args = parser.parse_args(argv)
     try:
         export(args.ckpt_path, args.format, args.output)

@@ -15,7 +15,7 @@ from torchvision import transforms
 from mnist_lightning import MNISTDataModule
 from mnist_lightning.data import split_indices
 from mnist_lightning.errors import DataFileError, UserInputError
-from mnist_lightning.loaders import InMemoryDigits, ResumableDataLoader
+from mnist_lightning.data import InMemoryDigits, ResumableDataLoader
 
 
 def make_dm(data_dir: Path, **kwargs) -> MNISTDataModule:

@@ -27,7 +27,7 @@ import torch
 from conftest import PROJECT_ROOT, TINY_ARGS, run_cli, write_idx_dataset
 from pytorch_lightning.callbacks import Callback
 
-from mnist_lightning.checkpointing import load_checkpoint_file
+from mnist_lightning.resume import load_checkpoint_file
 from mnist_lightning.data import MNISTDataModule
 from mnist_lightning.model import MNISTClassifier
 
@@ -90,8 +90,7 @@ class RunProbe(Callback):
 # ------------------------------------------------------------------------------------------ helpers
 def probe_args(out_dir: Path) -> tuple[str, ...]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    return ("--trainer.callbacks+=test_ddp.RunProbe", "--trainer.callbacks.out_dir", str(out_dir),
-            "--model.steps_per_call", "1")
+    return ("--trainer.callbacks+=test_ddp.RunProbe", "--trainer.callbacks.out_dir", str(out_dir))
 
 
 def probe_env() -> dict[str, str]:
@@ -207,22 +206,25 @@ def test_two_processes_shard_training_data_and_write_one_run(strategy, pipeline,
 
 
 @pytest.mark.slow
-def test_two_processes_take_the_same_steps_with_several_batches_per_call(data_dir, tmp_path):
-    """Several manual backward passes per DDP forward: gradients are still averaged at every step,
-    so the weights equal those of one batch per call (the DDP reducer is re-armed per backward)."""
+def test_under_ddp_the_fast_class_ends_with_the_idiomatic_class_weights(data_dir, tmp_path):
+    """Several manual backward passes per DDP forward (FastMNISTClassifier): gradients are still
+    averaged at every step, so the weights equal MNISTClassifier's, bit for bit."""
     weights = {}
-    for steps_per_call in (1, 3):
-        workdir = tmp_path / f"k{steps_per_call}"
+    variants = {"idiomatic": (), "fast": ("--config", str(PROJECT_ROOT / "configs" / "fast.yaml"),
+                                          "--model.steps_per_call", "3")}
+    for name, extra in variants.items():
+        workdir = tmp_path / name
         workdir.mkdir()
         result = run_cli("fit", "--data.data_dir", str(data_dir), *SMALL, "--trainer.devices", "2",
                          "--trainer.strategy", "ddp", "--trainer.max_epochs", "2", "--model.dropout", "0.2",
-                         "--model.steps_per_call", str(steps_per_call), cwd=workdir, timeout=TIMEOUT_S)
+                         "--model.lr_schedule", "onecycle", *extra, cwd=workdir, timeout=TIMEOUT_S)
         assert result.returncode == 0, result.stderr[-5000:]
         checkpoint = torch.load(workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
         assert checkpoint["global_step"] == 8  # 4 steps per epoch per process
-        weights[steps_per_call] = checkpoint["state_dict"]
-    for name, value in weights[1].items():
-        assert torch.equal(value, weights[3][name]), name
+        weights[name] = checkpoint["state_dict"]
+    assert weights["idiomatic"].keys() == weights["fast"].keys()
+    for name, value in weights["idiomatic"].items():
+        assert torch.equal(value, weights["fast"][name]), name
 
 
 @pytest.mark.slow

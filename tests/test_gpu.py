@@ -24,7 +24,7 @@ from pytorch_lightning.callbacks import Callback
 from test_ddp import assert_exact_partition, assert_one_run_written, image_keys, probe_args, probe_env, read_probes
 from torch import nn
 
-from mnist_lightning.checkpointing import load_checkpoint_file
+from mnist_lightning.resume import load_checkpoint_file
 from mnist_lightning.data import MNISTDataModule
 
 GPU_CONFIG = str(PROJECT_ROOT / "configs" / "gpu.yaml")

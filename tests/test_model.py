@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mnist_lightning import MLP, MNISTClassifier, MNISTDataModule
-from mnist_lightning.checkpointing import SafeCheckpointIO, load_checkpoint_file
+from mnist_lightning.resume import SafeCheckpointIO, load_checkpoint_file
 from mnist_lightning.errors import CheckpointError, UserInputError
 
 
@@ -186,45 +186,75 @@ def test_validation_loss_is_the_mean_over_images_not_over_batches(tiny_data, tmp
     assert metrics["val/loss"] == pytest.approx(float(expected), rel=1e-5)
 
 
-# ------------------------------------------------------------------ several batches per training_step call
-def _fit_weights(tiny_data: Path, tmp_path: Path, steps_per_call: int, **trainer_kwargs) -> tuple[dict, pl.Trainer]:
+# ------------------------------------------------------------------ every Trainer flag works with the idiomatic class
+def _fit_idiomatic(tiny_data: Path, tmp_path: Path, model: MNISTClassifier | None = None, **trainer_kwargs) -> pl.Trainer:
     pl.seed_everything(3)
-    dm = MNISTDataModule(data_dir=str(tiny_data), verify=False, val_size=100, batch_size=32)
-    # Dropout and a per-batch schedule: the global RNG stream and the scheduler steps must line up too.
-    model = MNISTClassifier(steps_per_call=steps_per_call, dropout=0.2, lr_schedule="onecycle", lr=3e-3)
-    trainer = _trainer(tmp_path / f"k{steps_per_call}", **{"max_epochs": 2, **trainer_kwargs})
-    trainer.fit(model, dm)
-    return {k: v.clone() for k, v in model.state_dict().items()}, trainer
+    dm = MNISTDataModule(data_dir=str(tiny_data), verify=False, val_size=100, batch_size=32)  # 16 batches an epoch
+    trainer = _trainer(tmp_path, **{"max_epochs": 2, **trainer_kwargs})
+    trainer.fit(model or MNISTClassifier(lr=3e-3), dm)
+    return trainer
 
 
-def test_several_batches_per_call_make_exactly_the_updates_of_one_batch_per_call(tiny_data, tmp_path):
-    # 500 training images / 32 = 16 batches an epoch: calls of 3 leave a short last call (16 = 5 x 3 + 1).
-    one, trainer_one = _fit_weights(tiny_data, tmp_path, steps_per_call=1)
-    for k in (3, 10):
-        several, trainer = _fit_weights(tiny_data, tmp_path, steps_per_call=k)
-        assert trainer.global_step == trainer_one.global_step == 2 * 16  # optimizer steps, whatever k
-        for name, value in one.items():
-            assert torch.equal(value, several[name]), (k, name)
-        for metric in ("train/acc", "val/acc"):  # same predictions; train/loss may differ in the last bit
-            assert trainer.callback_metrics[metric] == trainer_one.callback_metrics[metric], (k, metric)
-        assert trainer.callback_metrics["train/loss"] == pytest.approx(float(trainer_one.callback_metrics["train/loss"]))
+def test_gradient_clipping_bounds_every_update(tiny_data, tmp_path):
+    norms = []
+
+    class GradNorm(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # the gradients that were applied
+            grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+            norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+    _fit_idiomatic(tiny_data, tmp_path, MNISTClassifier(lr=0.5), gradient_clip_val=0.01, callbacks=[GradNorm()])
+    assert norms and max(norms) <= 0.01 + 1e-6  # Lightning clipped before every step
 
 
-def test_limits_and_max_steps_count_batches_not_calls(tiny_data, tmp_path):
-    _, limited = _fit_weights(tiny_data, tmp_path, steps_per_call=10, limit_train_batches=3)
-    assert limited.global_step == 2 * 3
-    _, stopped = _fit_weights(tiny_data, tmp_path, steps_per_call=10, max_steps=7)
-    assert stopped.global_step == 7  # not rounded up to a whole call
+def test_gradient_accumulation_halves_the_optimizer_steps(tiny_data, tmp_path):
+    trainer = _fit_idiomatic(tiny_data, tmp_path, accumulate_grad_batches=2)
+    assert trainer.global_step == 2 * 16 // 2
 
 
-def test_validation_inside_an_epoch_asks_for_one_batch_per_call(tiny_data, tmp_path):
-    with pytest.raises(UserInputError, match="--model.steps_per_call 1"):
-        _fit_weights(tiny_data, tmp_path, steps_per_call=4, val_check_interval=0.5)
-    _, trainer = _fit_weights(tiny_data, tmp_path, steps_per_call=1, val_check_interval=0.5)
-    assert trainer.global_step == 2 * 16
+def test_validation_inside_an_epoch(tiny_data, tmp_path):
+    runs = []
+
+    class CountValidations(pl.Callback):
+        def on_validation_epoch_end(self, trainer, pl_module):
+            if not trainer.sanity_checking:
+                runs.append(trainer.global_step)
+
+    _fit_idiomatic(tiny_data, tmp_path, val_check_interval=4, callbacks=[CountValidations()])
+    assert runs == [4, 8, 12, 16, 20, 24, 28, 32]
 
 
-def test_steps_per_call_must_be_a_positive_integer():
-    for bad in (0, -2):
-        with pytest.raises(UserInputError, match="model.steps_per_call"):
-            MNISTClassifier(steps_per_call=bad)
+def test_learning_rate_monitor_logs_a_per_batch_schedule_every_step(tiny_data, tmp_path):
+    from pytorch_lightning.callbacks import LearningRateMonitor
+    from pytorch_lightning.loggers import CSVLogger
+
+    model = MNISTClassifier(lr=3e-3, lr_schedule="onecycle")
+    _fit_idiomatic(tiny_data, tmp_path, model, logger=CSVLogger(tmp_path), log_every_n_steps=1,
+                   callbacks=[LearningRateMonitor(logging_interval="step")])
+    import csv
+
+    rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
+    lrs = [float(r["lr-Adam"]) for r in rows if r.get("lr-Adam")]
+    assert len(lrs) == 32  # one per optimizer step: the scheduler steps per batch ("interval": "step")
+    assert max(lrs) == pytest.approx(3e-3, rel=0.05) and lrs[0] < lrs[10] and lrs[-1] < lrs[16]
+
+
+def test_max_steps_stops_at_exactly_that_step(tiny_data, tmp_path):
+    assert _fit_idiomatic(tiny_data, tmp_path, max_steps=7).global_step == 7
+
+
+def test_bf16_mixed_precision_trains_on_cpu(tiny_data, tmp_path):
+    trainer = _fit_idiomatic(tiny_data, tmp_path, precision="bf16-mixed")
+    assert trainer.precision == "bf16-mixed" and trainer.callback_metrics["val/acc"] > 0.5
+
+
+def test_a_scheduler_stepped_per_epoch_is_stepped_per_epoch(tiny_data, tmp_path):
+    class StepLRPerEpoch(MNISTClassifier):
+        def configure_optimizers(self):
+            optimizer = torch.optim.Adam(self.parameters(), lr=1e-2)
+            return {"optimizer": optimizer,
+                    "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 1, 0.5), "interval": "epoch"}}
+
+    model = StepLRPerEpoch()
+    trainer = _fit_idiomatic(tiny_data, tmp_path, model, max_epochs=3)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-2 * 0.5**3)

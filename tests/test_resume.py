@@ -12,10 +12,8 @@ from conftest import TINY_ARGS, run_cli, write_idx_dataset
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 TESTS_DIR = Path(__file__).resolve().parent
-# Dropout on, so the global RNG matters too; 1000 images -> 15 batches per epoch, 10 per training_step
-# call (the default, 50, would make every epoch a single call).
-RUN_ARGS = (*TINY_ARGS, "--trainer.max_epochs", "3", "--model.dropout", "0.2", "--torch_threads", "1",
-            "--model.steps_per_call", "10")
+# Dropout on, so the global RNG matters too; 1000 images -> 15 batches per epoch.
+RUN_ARGS = (*TINY_ARGS, "--trainer.max_epochs", "3", "--model.dropout", "0.2", "--torch_threads", "1")
 
 
 @pytest.fixture(scope="module")
@@ -63,15 +61,19 @@ def assert_bit_identical(run_dir: Path, reference_dir: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("signal_name", "batch", "trained"), [
-    ("SIGTERM", 6, 10),  # the signal comes during the call of batches 0..9: it ends, then the save
-    ("SIGINT", 6, 10),
-    ("SIGTERM", 12, 15),  # during the epoch's last call (batches 10..14): saved with the whole epoch trained
+@pytest.mark.parametrize(("signal_name", "batch", "trained", "fast"), [
+    ("SIGTERM", 6, 7, False),  # the signal comes during batch 6: it ends, then the save
+    ("SIGINT", 6, 7, False),
+    ("SIGTERM", 14, 15, False),  # during the epoch's last batch: saved with the whole epoch trained
+    ("SIGTERM", 6, 10, True),  # FastMNISTClassifier, 10 batches per call: the call of batches 0..9 ends first
+    ("SIGTERM", 12, 15, True),  # during the epoch's last call (batches 10..14)
 ])
-def test_signal_mid_epoch_saves_position_and_resumes_bit_identical(signal_name, batch, trained, data_dir, uninterrupted,
-                                                                   tmp_path):
-    first = _fit(tmp_path, "fit", "--data.data_dir", str(data_dir), *RUN_ARGS, *_inject(signal_name, epoch=1, batch=batch),
-                 faults=True)
+def test_signal_mid_epoch_saves_position_and_resumes_bit_identical(signal_name, batch, trained, fast, data_dir,
+                                                                   uninterrupted, tmp_path):
+    """Interrupted and resumed, the idiomatic and the fast class both end with the uninterrupted run's weights."""
+    speed = ("--config", str(TESTS_DIR.parent / "configs" / "fast.yaml"), "--model.steps_per_call", "10") if fast else ()
+    first = _fit(tmp_path, "fit", "--data.data_dir", str(data_dir), *RUN_ARGS, *speed,
+                 *_inject(signal_name, epoch=1, batch=batch), faults=True)
     assert first.returncode == 128 + getattr(signal, signal_name), first.stderr
     assert "--ckpt_path last" in first.stderr  # one line saying how to resume
     run_dir = tmp_path / "lightning_logs" / "version_0"

@@ -1,0 +1,271 @@
+"""Everything an exact resume needs: safe checkpoint files, run folders, and the callback that saves on signals.
+
+* `SafeCheckpointIO`: saves are written to a temporary name unique to the process, fsynced, then
+  renamed over the final name (`write_atomically`), so a crash or a full disk never leaves a
+  half-written file where a good checkpoint was, and two processes never share a temporary file;
+  loads use `torch.load(weights_only=True)`, so a checkpoint carrying a pickle payload cannot run code.
+* `ResumeCheckpoint`: Lightning's `ModelCheckpoint` writing `last.ckpt` at every epoch end, plus a
+  checkpoint on SIGINT/SIGTERM between batches and a stop on a non-finite loss.
+* `claim_run_dir`: a new `version_N` folder claimed atomically, so runs started at the same moment
+  never share one.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import pickle
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint
+
+from mnist_lightning.errors import CheckpointError
+
+LAST_CHECKPOINT = "last.ckpt"
+RUN_PREFIX = "version_"
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type where the message is empty."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def write_atomically(path: Path, write: Callable[[IO[bytes]], None], what: str = "file") -> None:
+    """Write `path` through `write(f)` into `<path>.<pid>.tmp`, fsync, then rename: all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        advice = {errno.ENOSPC: " Free some space and run again.", errno.EDQUOT: " Free some space and run again.",
+                  errno.EACCES: " Fix the folder's permissions or choose another path.",
+                  errno.EROFS: " The file system is read-only: choose another path."}.get(err.errno, "")
+        raise CheckpointError(f"could not write {what} {path}: {err.strerror or first_line(err)}.{advice}") from err
+
+
+def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu", allow_bare_state_dict: bool = False) -> dict[str, Any]:
+    """Read a checkpoint with `weights_only=True`; every failure becomes a CheckpointError naming the file.
+
+    `allow_bare_state_dict`: also accept a plain {name: tensor} dict, which is how Lightning's
+    ddp_spawn hands the trained weights back from the workers to the main process.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder: pass a .ckpt file inside it (e.g. {path / LAST_CHECKPOINT}).")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist (or is not a file).")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): it was never written; use another checkpoint "
+                              "of the run (e.g. last.ckpt or the best one).")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" in str(err) or "GLOBAL" in str(err):  # the weights-only unpickler said no
+            raise CheckpointError(
+                f"refusing to load {path}: it holds Python objects beyond tensors and plain data, which could run "
+                f"code when unpickled. Only load checkpoints written by this project. ({first_line(err)})"
+            ) from None
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({first_line(err)}).") from None
+    except PermissionError as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror}. Fix its permissions.") from None
+    except Exception as err:  # zip, EOF, key and OS errors: all mean an unreadable file
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt ({first_line(err)}); "
+            "use another checkpoint of the run (e.g. last.ckpt or the best one)."
+        ) from None
+    bare = allow_bare_state_dict and isinstance(checkpoint, dict) and all(isinstance(v, torch.Tensor) for v in checkpoint.values())
+    if bare:
+        return checkpoint
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict) \
+            or "pytorch-lightning_version" not in checkpoint or not checkpoint["state_dict"]:
+        raise CheckpointError(f"{path} is not a checkpoint written by this project's `fit` (no Lightning version "
+                              "or weights in it).")
+    return checkpoint
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO with write-then-rename saves and weights-only loads."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)  # serialise fully before touching the disk
+        write_atomically(Path(path), lambda f: f.write(buffer.getbuffer()), what="checkpoint")
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        # Lightning also loads its ddp_spawn hand-back (a bare state_dict, `.temp.ckpt`) through here.
+        return load_checkpoint_file(path, map_location=map_location or "cpu", allow_bare_state_dict=True)
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The checkpoints in a folder: `*.ckpt` files, never the temporary files of an unfinished write."""
+    return sorted(p for p in folder.glob("*.ckpt") if p.is_file()) if folder.is_dir() else []
+
+
+def claim_run_dir(root: Path) -> int:
+    """Create the next free `version_N` under `root` with one atomic mkdir and return N.
+
+    TensorBoardLogger picks the next number by listing the folder, so two runs started together
+    pick the same one; `mkdir` succeeds for exactly one of them, and the other takes the next.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name[len(RUN_PREFIX):]) for p in root.iterdir() if p.name.startswith(RUN_PREFIX)
+             and p.name[len(RUN_PREFIX):].isdigit()]
+    n = max(taken, default=-1) + 1
+    while True:
+        try:
+            (root / f"{RUN_PREFIX}{n}").mkdir()
+            return n
+        except FileExistsError:
+            n += 1
+
+
+class TrainingInterrupted(SystemExit):
+    """Raised after the interrupt checkpoint is written; exits with 128 + the signal number."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def checkpoint_dir(trainer: pl.Trainer) -> Path:
+    """Where the run's checkpoints go: the first ModelCheckpoint's folder, else <log_dir>/checkpoints."""
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath is not None:
+            return Path(callback.dirpath)
+    return Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
+
+
+class ResumeCheckpoint(Checkpoint):
+    """Writes `last.ckpt` at every epoch end and on SIGINT/SIGTERM, and stops on a non-finite loss.
+
+    Project code only for what Lightning's callbacks leave out (tests/test_resume.py shows each):
+    * Epoch end: Lightning's `ModelCheckpoint(save_last=True)` writes `last.ckpt` only when it also
+      saved a top-k checkpoint, i.e. when the monitored metric improved, so a plateauing run would
+      resume from an old epoch. This writes it after every epoch (after the module's
+      `on_train_epoch_end`: Lightning calls `Checkpoint` callbacks last).
+    * SIGINT/SIGTERM: Lightning exits on SIGTERM without a checkpoint, and Ctrl+C (or
+      `OnExceptionCheckpoint`) may land in the middle of an optimizer step. Here the current
+      `training_step` finishes, then the checkpoint is written between batches, so weights,
+      optimizer, RNG and the loader's position agree (after the epoch's last batch the epoch finishes
+      first: validation, the epoch-end checkpoint); the process prints how to resume and exits with
+      128 + the signal number. Resuming ends bit-identical to an uninterrupted run.
+    * A NaN or infinite loss raises `TrainingDiverged` before validation, so no checkpoint (this
+      one or ModelCheckpoint's) ever holds the broken weights: the last good one stays.
+    """
+
+    def __init__(self) -> None:
+        self._received: int | None = None
+        self._previous_handlers: dict[int, Any] = {}
+        self._all_finite: torch.Tensor | None = None
+        self._batches_done = 0
+
+    @staticmethod
+    def path(trainer: pl.Trainer) -> Path:
+        return checkpoint_dir(trainer) / LAST_CHECKPOINT
+
+    def _saving_enabled(self, trainer: pl.Trainer) -> bool:
+        return not trainer.fast_dev_run and not trainer.sanity_checking
+
+    # --------------------------------------------------------------------------- signals
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl+C: stop now, without a checkpoint
+        self._received = signum
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Installed here because Lightning registers its own SIGTERM handler after on_fit_start.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous_handlers[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: keep Lightning's behaviour
+                return
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Lightning's own teardown (which runs before this hook) has already put back the handlers
+        # from before its fit, replacing ours. Restoring what we saw in on_train_start then would
+        # reinstall Lightning's SIGTERM handler, which holds the Trainer (and through it the model
+        # and the datasets) for the rest of the process. Only undo what is still ours.
+        for signum, handler in self._previous_handlers.items():
+            if signal.getsignal(signum) == self._handle:
+                signal.signal(signum, handler)
+        self._previous_handlers.clear()
+
+    def _interrupt_requested(self, trainer: pl.Trainer) -> bool:
+        if trainer.world_size == 1:
+            return self._received is not None
+        # Every rank must join the save, whichever received the signal.
+        return trainer.strategy.reduce_boolean_decision(self._received is not None, all=False)
+
+    # --------------------------------------------------------------------------- per batch
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._batches_done = batch_idx + 1  # (FastMNISTClassifier: the index of the last batch the call trained on)
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            # Accumulated on the device; read back (a sync) once per call on CPU is cheap, and on
+            # a GPU only before validation and saves.
+            finite = torch.isfinite(loss.detach())
+            self._all_finite = finite if self._all_finite is None else self._all_finite & finite
+            if loss.device.type == "cpu":
+                self._check_finite(trainer)
+        # After the epoch's last batch the epoch is finished first (validation, the epoch-end save;
+        # on_train_epoch_start stops the next one): a checkpoint taken between the last batch and
+        # the epoch's end would make Lightning resume the finished epoch as if it were half done.
+        if self._batches_done < trainer.num_training_batches and self._interrupt_requested(trainer):
+            self._save_and_exit(trainer)
+
+    def _save_and_exit(self, trainer: pl.Trainer) -> None:
+        self._check_finite(trainer)
+        trainer.save_checkpoint(self.path(trainer), weights_only=False)  # a full checkpoint, to resume from
+        self._exit(trainer, f"in epoch {trainer.current_epoch}: saved after {self._batches_done} of its batches")
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A signal during the previous epoch's last call or its validation: that epoch has ended and
+        # been saved (and its metrics logged); stop before this one starts.
+        if self._interrupt_requested(trainer):
+            self._exit(trainer, f"at the end of epoch {trainer.current_epoch - 1}: saved")
+
+    def _exit(self, trainer: pl.Trainer, when: str) -> None:
+        signum = self._received or signal.SIGTERM
+        if trainer.is_global_zero:
+            config = Path(trainer.log_dir or ".") / "config.yaml"
+            print(
+                f"{signal.Signals(signum).name} received {when} {self.path(trainer)}. "
+                f"Resume with: python -m mnist_lightning fit --config {config} --ckpt_path last",
+                file=sys.stderr,
+                flush=True,
+            )
+        raise TrainingInterrupted(128 + signum)
+
+    # --------------------------------------------------------------------------- epoch end
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_finite(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_finite(trainer)
+        if self._saving_enabled(trainer):
+            trainer.save_checkpoint(self.path(trainer), weights_only=False)  # a full checkpoint, to resume from
+
+    def _check_finite(self, trainer: pl.Trainer) -> None:
+        if self._all_finite is None or bool(self._all_finite):
+            return
+        last = self.path(trainer)
+        kept = f"The last good checkpoint is kept: {last}." if last.exists() else "No checkpoint was saved yet."
+        raise TrainingDiverged(
+            f"the training loss became NaN or infinite at epoch {trainer.current_epoch}, step {trainer.global_step}: "
+            f"training stopped. {kept} Lower --model.lr or check the input data."
+        )

@@ -1,0 +1,93 @@
+"""The entry point: plain interpreter exit, no global state changed by importing the package, and the
+NVML fix applied by `python -m mnist_lightning` only, where it changes no answer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import PROJECT_ROOT, TINY_ARGS, run_cli
+
+
+def _python(code: str) -> dict:
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_importing_the_package_changes_no_global_state_beyond_lightnings_own():
+    state = _python(
+        "import json, os, warnings\n"
+        "import pytorch_lightning, torch\n"
+        "def snapshot(): return {'env': dict(os.environ), 'filters': [repr(f) for f in warnings.filters],"
+        " 'threads': torch.get_num_threads()}\n"
+        "before = snapshot()\n"
+        "import mnist_lightning, mnist_lightning.fast, mnist_lightning.figures, mnist_lightning.predict\n"
+        "print(json.dumps({'same': before == snapshot()}))\n"
+    )
+    assert state["same"]
+
+
+NVML_PROBE = (
+    "import ctypes, json, os\n"
+    "import pytorch_lightning, torch\n"
+    "loads = []\n"
+    "real = ctypes.CDLL\n"
+    "class Counting(real):\n"
+    "    def __init__(self, name, *a, **k):\n"
+    "        loads.append(str(name)); super().__init__(name, *a, **k)\n"
+    "ctypes.CDLL = Counting\n"
+    "def step_loads():\n"
+    "    loads.clear()\n"
+    "    p = torch.nn.Parameter(torch.ones(3)); opt = torch.optim.Adam([p])\n"
+    "    p.sum().backward(); opt.step(); opt.step()\n"
+    "    return sum('nvidia-ml' in n for n in loads), torch.cuda.is_available()\n"
+    "try:\n"
+    "    real('libnvidia-ml.so.1'); loadable = True\n"
+    "except OSError:\n"
+    "    loadable = False\n"
+    "before = step_loads()\n"
+    "from mnist_lightning.__main__ import skip_failing_nvml_check\n"
+    "skip_failing_nvml_check()\n"
+    "after = step_loads()\n"
+    "print(json.dumps({'loadable': loadable, 'flag': os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK'),"
+    " 'before': before, 'after': after}))\n"
+)
+
+
+def test_the_nvml_fix_removes_the_failed_library_loads_of_every_adam_step_and_keeps_the_answer():
+    state = _python(NVML_PROBE)
+    if state["loadable"]:
+        assert state["flag"] == "1" and state["after"] == state["before"]  # a machine with the driver: untouched
+        pytest.skip("NVIDIA's management library loads here: the fix rightly does nothing")
+    loads_before, cuda_before = state["before"]
+    loads_after, cuda_after = state["after"]
+    assert loads_before > 0  # what the fix is for: each Adam step tried to load the library
+    assert state["flag"] == "0" and loads_after == 0
+    assert cuda_after == cuda_before  # the same answer to "is CUDA available?"
+
+
+def test_a_command_ends_with_a_plain_interpreter_exit(tiny_data, tmp_path):
+    """atexit handlers of the interpreter run after a command: nothing ends the process by hand."""
+    marker = tmp_path / "atexit-ran"
+    code = (
+        "import atexit, sys\n"
+        f"atexit.register(lambda: open({str(marker)!r}, 'w').write('yes'))\n"
+        "from mnist_lightning.__main__ import run\n"
+        f"sys.argv = ['mnist_lightning', 'fit', '--data.data_dir', {str(tiny_data)!r}, "
+        + ", ".join(repr(a) for a in TINY_ARGS) + ", '--trainer.max_epochs', '1']\n"
+        "run()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert marker.read_text() == "yes"
+
+
+def test_a_users_mistake_exits_2_with_one_line(tmp_path):
+    result = run_cli("fit", "--model.lr", "-1", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "lr" in result.stderr

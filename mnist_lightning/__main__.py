@@ -11,11 +11,16 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+
+if __name__ == "__main__":  # Ctrl+C while torch and Lightning load (seconds): exit quietly, not mid-import with a traceback
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(128 + signum))
+
 import copy
 import logging
 import os
 import shlex
-import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +45,7 @@ from mnist_lightning.resume import (
     ResumeCheckpoint,
     SafeCheckpointIO,
     TrainingDiverged,
+    TrainingInterrupted,
     checkpoint_dir,
     checkpoint_files,
     claim_run_dir,
@@ -292,24 +298,35 @@ class MNISTLightningCLI(LightningCLI):
                 f"validation images. Drop the option to use the run's value.")
 
     def instantiate_classes(self) -> None:
+        self._check_model_fits_in_memory()
         try:
             super().instantiate_classes()
-        except (MemoryError, RuntimeError) as err:
-            if not isinstance(err, MemoryError) and "allocate" not in str(err):
-                raise
-            raise UserInputError(self._memory_message()) from None
-        except ValueError as err:  # Lightning's accelerator/strategy/precision checks
+        except (MemoryError, RuntimeError, ValueError) as err:
             if isinstance(err, UserInputError):
                 raise
-            raise UserInputError(f"trainer settings: {err}") from None
+            if isinstance(err, MemoryError) or "allocate" in str(err):
+                raise UserInputError(self._memory_message()) from None
+            if isinstance(err, RuntimeError):
+                raise
+            raise UserInputError(str(err)) from None
 
-    def _memory_message(self) -> str:
+    def _parameter_count(self) -> tuple[list[int], int]:
         model = _section(self.config, self.subcommand).model
         hidden = list(model.get("init_args", model).get("hidden_sizes") or [])
         widths = [28 * 28, *hidden, 10]
-        params = sum(a * b + b for a, b in zip(widths, widths[1:], strict=False))
-        return (f"model.hidden_sizes {hidden} needs {params:,} parameters, {params * 4 / 2**30:.1f} GiB for the "
-                "weights alone (several times that to train): more than this machine can allocate. Use smaller layers.")
+        return hidden, sum(a * b + b for a, b in zip(widths, widths[1:], strict=False))
+
+    def _check_model_fits_in_memory(self) -> None:
+        """Weights, gradients and Adam's two moments: 16 bytes per parameter, checked before allocating."""
+        _, params = self._parameter_count()
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+        if memory and params * 16 > memory:
+            raise UserInputError(self._memory_message())
+
+    def _memory_message(self) -> str:
+        hidden, params = self._parameter_count()
+        return (f"model.hidden_sizes {hidden} needs {params:,} parameters: {params * 4 / 2**30:.1f} GiB for the weights, "
+                f"~{params * 16 / 2**30:.0f} GiB to train with Adam, more than this machine can allocate. Use smaller layers.")
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         trainer_config = _section(self.config_init, self.subcommand).get("trainer") or {}
@@ -326,7 +343,7 @@ class MNISTLightningCLI(LightningCLI):
             callbacks.append(PredictionTable(csv_path=_section(self.config, self.subcommand).get("predictions_csv")))
         try:
             return super().instantiate_trainer(plugins=plugins, callbacks=callbacks, **kwargs)
-        except (MisconfigurationException, ValueError, RuntimeError) as err:
+        except (MisconfigurationException, ValueError, RuntimeError, ImportError) as err:  # Lightning's checks
             raise UserInputError(f"trainer settings: {err}") from None
 
     # ------------------------------------------------------------------- fit
@@ -443,7 +460,11 @@ def main(args: list[str] | None = None) -> None:
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    except TrainingInterrupted:  # saved, and the resume command printed: a further Ctrl+C must not break the exit
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl+C must not interrupt the goodbye
         print("\ninterrupted; nothing more was saved.", file=sys.stderr)
         sys.exit(130)
 
@@ -468,6 +489,7 @@ def skip_failing_nvml_check() -> None:
 
 def run() -> None:
     """The process's entry point (`python -m mnist_lightning`, `mnist-lightning`)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on Ctrl+C is Python's KeyboardInterrupt
     skip_failing_nvml_check()
     main()
 

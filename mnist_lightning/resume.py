@@ -173,6 +173,7 @@ class ResumeCheckpoint(Checkpoint):
         self._previous_handlers: dict[int, Any] = {}
         self._all_finite: torch.Tensor | None = None
         self._batches_done = 0
+        self._exiting = False
 
     @staticmethod
     def path(trainer: pl.Trainer) -> Path:
@@ -183,6 +184,8 @@ class ResumeCheckpoint(Checkpoint):
 
     # --------------------------------------------------------------------------- signals
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._exiting:  # saved and on the way out: a further Ctrl+C would only interrupt the exit
+            return
         if self._received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl+C: stop now, without a checkpoint
         self._received = signum
@@ -199,7 +202,10 @@ class ResumeCheckpoint(Checkpoint):
         # Lightning's own teardown (which runs before this hook) has already put back the handlers
         # from before its fit, replacing ours. Restoring what we saw in on_train_start then would
         # reinstall Lightning's SIGTERM handler, which holds the Trainer (and through it the model
-        # and the datasets) for the rest of the process. Only undo what is still ours.
+        # and the datasets) for the rest of the process. Only undo what is still ours, and nothing
+        # once an interrupt is being handled: the process is ending, and ours ignores further signals.
+        if self._exiting:
+            return
         for signum, handler in self._previous_handlers.items():
             if signal.getsignal(signum) == self._handle:
                 signal.signal(signum, handler)
@@ -240,6 +246,7 @@ class ResumeCheckpoint(Checkpoint):
             self._exit(trainer, f"at the end of epoch {trainer.current_epoch - 1}: saved")
 
     def _exit(self, trainer: pl.Trainer, when: str) -> None:
+        self._exiting = True
         signum = self._received or signal.SIGTERM
         if trainer.is_global_zero:
             config = Path(trainer.log_dir or ".") / "config.yaml"

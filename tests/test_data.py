@@ -13,9 +13,8 @@ from conftest import IDX_NAMES, write_idx_dataset
 from torchvision import transforms
 
 from mnist_lightning import MNISTDataModule
-from mnist_lightning.data import split_indices
+from mnist_lightning.data import InMemoryDigits, ResumableDataLoader, split_indices
 from mnist_lightning.errors import DataFileError, UserInputError
-from mnist_lightning.data import InMemoryDigits, ResumableDataLoader
 
 
 def make_dm(data_dir: Path, **kwargs) -> MNISTDataModule:

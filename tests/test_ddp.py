@@ -27,9 +27,9 @@ import torch
 from conftest import PROJECT_ROOT, TINY_ARGS, run_cli, write_idx_dataset
 from pytorch_lightning.callbacks import Callback
 
-from mnist_lightning.resume import load_checkpoint_file
 from mnist_lightning.data import MNISTDataModule
 from mnist_lightning.model import MNISTClassifier
+from mnist_lightning.resume import load_checkpoint_file
 
 TESTS_DIR = Path(__file__).resolve().parent
 TIMEOUT_S = 180

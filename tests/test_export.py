@@ -3,6 +3,7 @@ checkpoint's logits within 1e-5; bad inputs are one clear message and exit code 
 
 from __future__ import annotations
 
+import errno
 import sys
 import warnings
 from pathlib import Path
@@ -11,10 +12,10 @@ import pytest
 import torch
 from conftest import TINY_ARGS, run_cli, write_idx_dataset
 
-from mnist_lightning import export
-from mnist_lightning.checkpointing import load_checkpoint_file
+from mnist_lightning import export, resume
 from mnist_lightning.data import MNISTDataModule
 from mnist_lightning.model import MNISTClassifier
+from mnist_lightning.resume import load_checkpoint_file
 
 TOLERANCE = 1e-5
 
@@ -113,3 +114,95 @@ def test_missing_onnx_package_is_a_clean_error(trained, tmp_path: Path, monkeypa
     assert exit_info.value.code == 2
     assert 'pip install -e ".[onnx]"' in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+# ------------------------------------------------------------------------------- never over the input
+def _one_line_error(result, *fragments: str) -> None:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def test_export_onto_its_own_checkpoint_is_refused_and_it_stays_unchanged(trained, tmp_path: Path, monkeypatch,
+                                                                         capsys) -> None:
+    _, ckpt = trained
+    model = tmp_path / "model.pt"  # a checkpoint named like a TorchScript file
+    model.write_bytes(ckpt.read_bytes())
+    (tmp_path / "link.onnx").symlink_to(model)
+    (tmp_path / "sub").mkdir()
+    before = model.read_bytes()
+    # From the command line: the default output name, and a link to the checkpoint.
+    _one_line_error(_export(tmp_path, "--ckpt_path", "model.pt", "--format", "torchscript"),
+                    "the default output model.pt (the checkpoint's name with .pt) is the checkpoint", "pass another --output")
+    _one_line_error(_export(tmp_path, "--ckpt_path", "model.pt", "--format", "onnx", "--output", "link.onnx"),
+                    "--output link.onnx is the checkpoint model.pt itself", "pass another --output")
+    # The same path spelled differently, in process.
+    monkeypatch.chdir(tmp_path)
+    for output in (str(model), "./sub/../model.pt"):
+        with pytest.raises(SystemExit) as exit_info:
+            export.main(["--ckpt_path", "model.pt", "--format", "onnx", "--output", output])
+        assert exit_info.value.code == 2 and "is the checkpoint" in capsys.readouterr().err
+    assert model.read_bytes() == before and (tmp_path / "link.onnx").resolve() == model
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.onnx", "model.pt", "sub"]  # no logs, no temp files
+
+
+def test_output_folder_and_empty_checkpoints_are_one_line_errors(trained, tmp_path: Path) -> None:
+    _, ckpt = trained
+    (tmp_path / "exports").mkdir()
+    _one_line_error(_export(tmp_path, "--ckpt_path", str(ckpt), "--format", "onnx", "--output", "exports"),
+                    "--output exports is a folder", "exports/model.onnx")
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    _one_line_error(_export(tmp_path, "--ckpt_path", "empty.ckpt", "--format", "torchscript"), "empty.ckpt is empty")
+    torch.save({"state_dict": {}}, tmp_path / "bare.ckpt")
+    _one_line_error(_export(tmp_path, "--ckpt_path", "bare.ckpt", "--format", "torchscript"),
+                    "bare.ckpt is not a checkpoint written by this project")
+    assert not (tmp_path / "empty.pt").exists() and not (tmp_path / "bare.pt").exists()
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_a_failing_write_leaves_the_previous_export_intact(trained, tmp_path: Path, monkeypatch, capsys) -> None:
+    _, ckpt = trained
+    target = tmp_path / "mnist.pt"
+    export.export(ckpt, "torchscript", target)
+    good = target.read_bytes()
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(resume.os, "fsync", disk_full)
+    for fmt in ("torchscript", "onnx"):
+        output = target if fmt == "torchscript" else tmp_path / "mnist.onnx"
+        with pytest.raises(SystemExit) as exit_info:
+            export.main(["--ckpt_path", str(ckpt), "--format", fmt, "--output", str(output)])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"could not write {fmt} export {output}: No space left on device. Free some space" in err, err
+        assert len(err.strip().splitlines()) == 1
+    assert target.read_bytes() == good  # the earlier export, whole
+    assert not (tmp_path / "mnist.onnx").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist.pt"]  # no temporary file left behind
+    monkeypatch.undo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.load(str(target))  # still a loadable model
+
+
+def test_a_fast_classifier_checkpoint_exports_like_the_idiomatic_one(trained, reference, tmp_path: Path) -> None:
+    """Checkpoints of FastMNISTClassifier carry `steps_per_call` and LightningCLI's `_class_path`."""
+    _, ckpt = trained
+    checkpoint = load_checkpoint_file(ckpt)
+    checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], "steps_per_call": 5,
+                                      "_class_path": "mnist_lightning.fast.FastMNISTClassifier",
+                                      "_instantiator": "pytorch_lightning.cli.instantiate_module"}
+    fast = tmp_path / "fast.ckpt"
+    torch.save(checkpoint, fast)
+    assert export.model_class(checkpoint["hyper_parameters"]).__name__ == "FastMNISTClassifier"
+    written = export.export(fast, "torchscript")
+    images, logits = reference
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        model = torch.jit.load(str(written))
+    with torch.no_grad():
+        assert torch.allclose(model(images), logits, atol=TOLERANCE, rtol=0)

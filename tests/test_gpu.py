@@ -24,8 +24,8 @@ from pytorch_lightning.callbacks import Callback
 from test_ddp import assert_exact_partition, assert_one_run_written, image_keys, probe_args, probe_env, read_probes
 from torch import nn
 
-from mnist_lightning.resume import load_checkpoint_file
 from mnist_lightning.data import MNISTDataModule
+from mnist_lightning.resume import load_checkpoint_file
 
 GPU_CONFIG = str(PROJECT_ROOT / "configs" / "gpu.yaml")
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: torch.cuda.is_available() is False")

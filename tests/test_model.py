@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from mnist_lightning import MLP, MNISTClassifier, MNISTDataModule
-from mnist_lightning.resume import SafeCheckpointIO, load_checkpoint_file
 from mnist_lightning.errors import CheckpointError, UserInputError
+from mnist_lightning.resume import SafeCheckpointIO, load_checkpoint_file
 
 
 def test_tutorial_net_is_784_50_10_with_relu_between_and_none_on_logits():

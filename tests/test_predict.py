@@ -4,7 +4,10 @@ file while the rest is still predicted, and the `predict` table and CSV from the
 from __future__ import annotations
 
 import csv
+import errno
 import os
+import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +16,20 @@ import torch
 from conftest import TINY_ARGS, run_cli, write_idx_dataset
 from PIL import Image, ImageDraw
 
-from mnist_lightning.checkpointing import load_checkpoint_file
-from mnist_lightning.data import MNISTDataModule
-from mnist_lightning.datasets import DATASETS
+from mnist_lightning import resume
+from mnist_lightning.data import InMemoryDigits, MNISTDataModule
 from mnist_lightning.errors import UserInputError
-from mnist_lightning.idx import load_split
-from mnist_lightning.images import ImageFolderDigits, UnusableImage, to_mnist
-from mnist_lightning.loaders import InMemoryDigits
+from mnist_lightning.idx import DATASETS, load_split
 from mnist_lightning.model import MNISTClassifier
+from mnist_lightning.predict import (
+    ImageFolderDigits,
+    PredictionTable,
+    UnusableImage,
+    display_name,
+    read_image,
+    to_mnist,
+)
+from mnist_lightning.resume import load_checkpoint_file
 
 CSV_HEADER = ["file", "prediction", "probability"]
 
@@ -171,6 +180,121 @@ def test_single_file_and_missing_or_useless_paths(tmp_path: Path) -> None:
         ImageFolderDigits(only_bad)
 
 
+# ------------------------------------------------------------------------ images a person may have
+def wide(image: Image.Image, kind: str) -> Image.Image:
+    """The same picture as 16-bit (full range or 12-bit data with an offset) or 32-bit float greyscale."""
+    a = np.asarray(image, dtype=np.uint16)
+    if kind == "16bit":
+        return Image.fromarray(a * 257)  # 0..65535, mode I;16
+    if kind == "12bit":
+        return Image.fromarray(a * 16 + 100)  # 100..4180: a 12-bit sensor in a 16-bit file, never saturated
+    return Image.fromarray(a.astype(np.float32) / 255 * 0.37 - 0.1)  # "F": any float range
+
+
+def png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG that announces width x height (8-bit grey) but holds almost no data: only its header is legit."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize(("kind", "suffix"), [("16bit", ".png"), ("12bit", ".png"), ("float", ".tif")])
+def test_wide_greyscale_files_are_scaled_by_their_own_range(tmp_path: Path, kind: str, suffix: str) -> None:
+    """16-bit PNGs and float TIFFs come out exactly like the 8-bit picture, not clipped or saturated."""
+    path = tmp_path / f"seven{suffix}"
+    wide(seven(), kind).save(path)
+    with Image.open(path) as stored:
+        assert stored.mode in ("I;16", "I", "F"), stored.mode  # the file really is wide
+    np.testing.assert_array_equal(to_mnist(read_image(path)), to_mnist(seven()))
+    np.testing.assert_array_equal(to_mnist(wide(inverted(seven()), kind)), to_mnist(seven()))
+    with pytest.raises(UnusableImage, match="blank"):
+        to_mnist(Image.fromarray(np.full((40, 40), 3000, dtype=np.uint16)))
+
+
+def test_large_images_are_reduced_before_the_preparation(tmp_path: Path) -> None:
+    seven(3000).save(tmp_path / "big.png")
+    image = read_image(tmp_path / "big.png")
+    assert max(image.size) <= 2048
+    assert np.abs(to_mnist(image).astype(int) - to_mnist(seven()).astype(int)).mean() < 8
+
+
+def test_an_oversized_image_is_refused_from_its_header_before_decoding(tmp_path: Path) -> None:
+    """A 13000 x 13000 PNG is 0.8 MB on disk and 169 MB or more once decoded: refused, saying why."""
+    png_header_only(tmp_path / "huge.png", 13000, 13000)
+    with pytest.raises(UnusableImage, match=r"too large: 13000x13000 pixels \(169 megapixels\) is above the "
+                                            r"40-megapixel limit of predict; scale it down first"):
+        read_image(tmp_path / "huge.png")  # had it been decoded, the missing data would say "truncated"
+    png_header_only(tmp_path / "fine.png", 100, 100)
+    with pytest.raises(UnusableImage, match="truncated"):
+        read_image(tmp_path / "fine.png")
+
+
+def test_a_named_pipe_is_skipped_not_read(tmp_path: Path) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    seven().save(folder / "a_seven.png")
+    os.mkfifo(folder / "b_pipe.png")
+    result: dict[str, ImageFolderDigits] = {}
+    reader = threading.Thread(target=lambda: result.setdefault("dataset", ImageFolderDigits(folder)), daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    assert not reader.is_alive(), "reading the folder blocked on the named pipe"
+    dataset = result["dataset"]
+    assert [f.name for f in dataset.files] == ["a_seven.png"]
+    assert dataset.errors == [(folder / "b_pipe.png", "not a regular file but a named pipe (FIFO): only image "
+                                                      "files are read")]
+
+
+def test_subfolders_are_read_sorted_and_hidden_ones_skipped(tmp_path: Path) -> None:
+    """A folder of class subfolders (0/, 7/, ...) is not 'empty': every image under it is read."""
+    folder = tmp_path / "by_class"
+    for name in ("7/b.png", "7/a.png", "0/deeper/c.png", "top.png", ".cache/d.png", "7/.e.png"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        seven().save(folder / name)
+    (folder / "link").symlink_to(folder / "7", target_is_directory=True)  # not followed: no file read twice
+    dataset = ImageFolderDigits(folder)
+    assert [f.relative_to(folder).as_posix() for f in dataset.files] == ["0/deeper/c.png", "7/a.png", "7/b.png",
+                                                                         "top.png"]
+    assert dataset.errors == [] and dataset.summary == f"4 of 4 files in {folder} and its 3 subfolders usable"
+    (tmp_path / "hollow" / "0").mkdir(parents=True)
+    with pytest.raises(UserInputError, match="empty folder \\(subfolders included\\)"):
+        ImageFolderDigits(tmp_path / "hollow")
+
+
+def _table_with(rows: list[tuple[str, str, float]], csv_path: Path) -> PredictionTable:
+    table = PredictionTable(csv_path=str(csv_path))
+    table.rows = rows
+    return table
+
+
+def test_names_that_are_not_utf8_are_shown_the_same_everywhere(tmp_path: Path) -> None:
+    name = os.fsdecode(b"caf\xe9_7.png")  # Latin-1 bytes: not UTF-8
+    assert display_name(tmp_path / name) == f"{tmp_path}/caf\\xe9_7.png"
+    table = _table_with([(display_name(name), "7", 0.9)], tmp_path / "p.csv")
+    assert table.csv_bytes().decode("utf-8").splitlines()[1] == "caf\\xe9_7.png,7,0.900000"
+
+
+def test_the_csv_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "p.csv"
+    target.write_text("file,prediction,probability\nold.png,3,0.500000\n")
+    table = _table_with([("new.png", "7", 0.75)], target)
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(resume.os, "fsync", disk_full)
+    with pytest.raises(UserInputError, match="could not write --predictions_csv .*p.csv: No space left on device"):
+        table._write_csv(target)
+    assert target.read_text() == "file,prediction,probability\nold.png,3,0.500000\n"  # not emptied
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv"]  # no temporary file left
+    monkeypatch.undo()
+    table._write_csv(target)
+    assert _csv(target) == [CSV_HEADER, ["new.png", "7", "0.750000"]]
+
+
 # ------------------------------------------------------------------------------------------- CLI
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
@@ -257,6 +381,32 @@ def test_predict_path_missing_or_all_bad_is_a_clean_error(trained, tmp_path: Pat
     result = _predict(tmp_path, data, ckpt, "--data.predict_path", str(bad))
     assert result.returncode == 2
     assert "notes.txt: not an image" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_predict_reads_what_people_have_and_skips_what_it_cannot(trained, tmp_path: Path) -> None:
+    """16-bit and float files, subfolders, a named pipe, an oversized PNG and a name that is not UTF-8."""
+    data, ckpt = trained
+    folder = tmp_path / "mine"
+    (folder / "more").mkdir(parents=True)
+    seven().save(folder / "a_seven.png")
+    wide(seven(), "12bit").save(folder / "b_seven_16bit.png")
+    wide(inverted(seven()), "float").save(folder / "c_seven_float.tif")
+    seven().save(folder / "more" / "d_seven.png")
+    os.mkfifo(folder / "e_pipe.png")
+    png_header_only(folder / "f_huge.png", 13000, 13000)
+    seven().save(os.path.join(os.fsencode(folder), b"g_caf\xe9.png"), format="PNG")
+    (tmp_path / "p.csv").write_text("stale\n")
+    result = _predict(tmp_path, data, ckpt, "--data.predict_path", str(folder), "--predictions_csv", "p.csv")
+    assert result.returncode == 0, result.stderr
+    table = _table(result.stdout, "file")
+    names = [Path(row[0]).relative_to(folder).as_posix() for row in table]
+    assert names == ["a_seven.png", "b_seven_16bit.png", "c_seven_float.tif", "g_caf\\xe9.png", "more/d_seven.png"]
+    assert len({row[1] for row in table}) == 1  # one digit, one answer, whatever the file
+    assert "e_pipe.png: not a regular file but a named pipe (FIFO)" in result.stderr
+    assert "f_huge.png: too large: 13000x13000 pixels" in result.stderr
+    assert f"predicted 5 of 7 files in {folder} and its 1 subfolder usable" in result.stderr
+    rows = _csv(tmp_path / "p.csv")  # valid UTF-8, the same names as the table
+    assert rows[0] == CSV_HEADER and [r[0] for r in rows[1:]] == [row[0] for row in table]
 
 
 @pytest.mark.slow

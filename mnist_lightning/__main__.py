@@ -50,6 +50,7 @@ from mnist_lightning.resume import (
     checkpoint_files,
     claim_run_dir,
     load_checkpoint_file,
+    remove_superseded_checkpoints,
 )
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -57,6 +58,7 @@ DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 EXTRA_COMMANDS = ("export", "sweep", "seeds")
 PROGRESS_BAR_REFRESH_STEPS = 50
+FRESH_START = "Start a new run with the same settings by adding --trainer.logger.init_args.version null."
 # Data settings that define what the model's input means and which images are validation images:
 # evaluation inherits them from the checkpoint, and a resume must keep them.
 INPUT_SETTINGS = ("dataset", "normalize")
@@ -179,6 +181,7 @@ class MNISTLightningCLI(LightningCLI):
     def parse_arguments(self, parser: Any, args: Any) -> None:
         """Parse, then check the values and the checkpoint before LightningCLI reads its hyperparameters."""
         super().parse_arguments(parser, args)
+        self.argv = [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(args, dict) else []
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
@@ -189,16 +192,16 @@ class MNISTLightningCLI(LightningCLI):
         threads = config.get("torch_threads")
         if threads is not None and threads < 1:
             raise UserInputError(f"torch_threads must be >= 1; got {threads}.")
-        ckpt_path = config.get("ckpt_path")
-        if subcommand != "fit":
-            ckpt_path = config.ckpt_path = self._resolve_evaluation_ckpt(subcommand, config)
+        ckpt_path = config.ckpt_path = self._resolve_ckpt_path(subcommand, config)
         if ckpt_path and ckpt_path not in ("last", "best", "hpc"):
             self.checkpoint = load_checkpoint_file(ckpt_path)  # raises CheckpointError naming the file
         self.parsed = copy.deepcopy(self.config)
 
-    def _resolve_evaluation_ckpt(self, subcommand: str, config: Namespace) -> str | None:
-        """validate/test/predict: `last`/`best` in the config's run folder; none at all only when asked for."""
+    def _resolve_ckpt_path(self, subcommand: str, config: Namespace) -> str | None:
+        """`last`/`best` in the config's run folder; validate/test/predict without one only when asked for."""
         ckpt_path = config.get("ckpt_path")
+        if subcommand == "fit" and ckpt_path in (None, "hpc"):
+            return ckpt_path
         if not ckpt_path:
             if config.get("allow_untrained"):
                 return None
@@ -212,15 +215,18 @@ class MNISTLightningCLI(LightningCLI):
         version = logger.init_args.get("version") if logger is not None else None
         if version is None:
             raise UserInputError(
-                f"--ckpt_path {ckpt_path} needs the run it belongs to: pass the run's own config "
-                f"(--config lightning_logs/version_N/config.yaml --ckpt_path {ckpt_path}) or a checkpoint file."
+                f"--ckpt_path {ckpt_path}: nothing to resume or evaluate without the run it belongs to. Pass the run's "
+                f"own config (--config lightning_logs/version_N/config.yaml --ckpt_path {ckpt_path}) or a checkpoint file."
             )
         folder = _runs_root(logger) / (version if isinstance(version, str) else f"version_{version}") / "checkpoints"
         files = checkpoint_files(folder)
         found = [p for p in files if (p.name == LAST_CHECKPOINT) == (ckpt_path == "last")]
         if not found:
-            raise UserInputError(f"--ckpt_path {ckpt_path}: no {ckpt_path} checkpoint in {folder} "
-                                 f"({', '.join(p.name for p in files) or 'it holds no checkpoint'}).")
+            stopped = " (the run stopped before its first checkpoint)" if not files else ""
+            advice = f" {FRESH_START}" if subcommand == "fit" else ""
+            raise UserInputError(f"--ckpt_path {ckpt_path}: nothing to {'resume' if subcommand == 'fit' else subcommand}, "
+                                 f"no {ckpt_path} checkpoint in {folder}{stopped}"
+                                 f"{': it holds ' + ', '.join(p.name for p in files) if files else ''}.{advice}")
         return str(found[-1])
 
     # ------------------------------------------------------------------- before the classes exist
@@ -259,7 +265,7 @@ class MNISTLightningCLI(LightningCLI):
             if key not in saved:
                 continue
             value = given.data.get(key)
-            explicit = value != defaults.data.get(key)
+            explicit = value != defaults.data.get(key) or self._on_command_line(f"data.{key}")
             if (explicit or resume) and value != saved[key]:
                 raise UserInputError(self._mismatch(f"data.{key}", value, saved[key]))
             inherited[key] = saved[key]
@@ -270,6 +276,9 @@ class MNISTLightningCLI(LightningCLI):
             self._check_resumed_model(given, defaults)
         if inherited:
             self.config = self.parser.parse_object({self.subcommand: {"data": inherited}}, self.config)
+
+    def _on_command_line(self, key: str) -> bool:
+        return any(arg == f"--{key}" or arg.startswith(f"--{key}=") for arg in self.argv)
 
     def _check_resumed_model(self, given: Namespace, defaults: Namespace) -> None:
         """A resume refuses model, optimiser and schedule settings that differ from the checkpoint's."""
@@ -283,7 +292,8 @@ class MNISTLightningCLI(LightningCLI):
                 continue
             if isinstance(mine, list | tuple):
                 mine = list(mine)
-            if mine != value and mine != default_model.get(key):
+            explicit = mine != default_model.get(key) or self._on_command_line(f"model.{key}")
+            if mine != value and explicit:
                 raise UserInputError(self._mismatch(f"model.{key}", mine, value))
         saved_seed = self.checkpoint.get("seed")
         seed = given.get("seed_everything")
@@ -348,31 +358,20 @@ class MNISTLightningCLI(LightningCLI):
 
     # ------------------------------------------------------------------- fit
     def before_fit(self) -> None:
-        config = self.config_init[self.subcommand]
-        ckpt_path = config.get("ckpt_path")
-        folder = checkpoint_dir(self.trainer)  # known before fit starts
         if isinstance(self.model, FastMNISTClassifier):
             self.model.check_trainer_flags(self.trainer)
-        if ckpt_path == "last":
-            last = folder / LAST_CHECKPOINT
-            if not last.is_file():
-                raise UserInputError(
-                    f"--ckpt_path last: nothing to resume, {folder} holds no last.ckpt (the run stopped before its "
-                    f"first checkpoint, or this is not the run's config). {self._fresh_start_advice()}"
-                )
-            config.ckpt_path = str(last)
-            self.checkpoint = load_checkpoint_file(last)
-            self.parsed = copy.deepcopy(self.config)
-            self._take_settings_from_checkpoint(_section(self.config, self.subcommand))
-        elif not ckpt_path and checkpoint_files(folder):
-            raise UserInputError(
-                f"{folder} already holds checkpoints of an earlier run; nothing was changed. Resume it with "
-                f"--ckpt_path last, or {self._fresh_start_advice()[0].lower()}{self._fresh_start_advice()[1:]}"
-            )
-
-    @staticmethod
-    def _fresh_start_advice() -> str:
-        return "Start a new run with the same settings by adding --trainer.logger.init_args.version null."
+        folder = checkpoint_dir(self.trainer)  # known before fit starts
+        run_dir = Path(self.trainer.log_dir or folder.parent)
+        if self.config_init[self.subcommand].get("ckpt_path"):
+            if self.checkpoint is not None:
+                remove_superseded_checkpoints(folder, self.checkpoint)
+            return
+        if checkpoint_files(folder):
+            raise UserInputError(f"{folder} already holds checkpoints of an earlier run; nothing was changed. Resume it "
+                                 f"with --ckpt_path last, or {FRESH_START[0].lower()}{FRESH_START[1:]}")
+        if run_dir.is_dir() and any(p.name.startswith("events.out") for p in run_dir.iterdir()):
+            raise UserInputError(f"{run_dir} holds an earlier run that stopped before its first checkpoint: nothing to "
+                                 f"resume, and nothing was changed. {FRESH_START}")
 
     def fit(self, model: Any, **kwargs: Any) -> None:
         """`trainer.fit`, with FastMNISTClassifier's known Lightning warnings silenced around it only."""

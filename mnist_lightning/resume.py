@@ -116,6 +116,41 @@ def checkpoint_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.ckpt") if p.is_file()) if folder.is_dir() else []
 
 
+def remove_superseded_checkpoints(folder: Path, checkpoint: dict[str, Any]) -> list[Path]:
+    """Before a resume: delete what the interrupted part of the run wrote after `checkpoint` was saved.
+
+    A run killed after ModelCheckpoint saved a new best but before `last.ckpt` caught up leaves a
+    best file that the resumed ModelCheckpoint does not know, and keeps forever beside the next
+    (two "best" files with save_top_k=1). The resume redoes that work. Also removes the temporary
+    files of writes that a killed process never finished.
+    """
+    known = {LAST_CHECKPOINT}
+    for state in (checkpoint.get("callbacks") or {}).values():
+        if isinstance(state, dict):
+            known |= {Path(p).name for p in (state.get("best_k_models") or {})}
+            known |= {Path(p).name for p in (state.get("best_model_path"), state.get("last_model_path")) if p}
+    removed = [p for p in checkpoint_files(folder) if p.name not in known]
+    removed += [p for p in folder.glob("*.tmp") if not _pid_alive(p)] if folder.is_dir() else []
+    for path in removed:
+        path.unlink(missing_ok=True)
+        print(f"removed {path}: written after the checkpoint this run resumes from", file=sys.stderr)
+    return removed
+
+
+def _pid_alive(tmp: Path) -> bool:
+    """Whether the process that is writing `<name>.<pid>.tmp` still runs."""
+    pid = tmp.suffixes[-2].lstrip(".") if len(tmp.suffixes) >= 2 else ""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def claim_run_dir(root: Path) -> int:
     """Create the next free `version_N` under `root` with one atomic mkdir and return N.
 

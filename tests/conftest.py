@@ -78,3 +78,12 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None
 # Arguments that make a CLI run on tiny fake data small and quiet.
 TINY_ARGS = ("--data.verify", "false", "--data.val_size", "100", "--trainer.enable_progress_bar", "false",
              "--trainer.enable_model_summary", "false")
+
+
+def start_cli(*args: str, cwd: Path, log: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start `python -m mnist_lightning ARGS` in `cwd`, in a process group of its own (so a test can kill it
+    whole with os.killpg), stdout and stderr into `log`."""
+    full_env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **(env or {})}
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "mnist_lightning", *args], cwd=cwd, env=full_env,
+                                stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)

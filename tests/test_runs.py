@@ -1,0 +1,235 @@
+"""What a run writes and how commands find it (issues 12 and 14): one folder per run even when runs
+start together, evaluation logged into the run it evaluates, the HPARAMS tab, a quiet console, the
+printed test command, and resumes and evaluations that refuse settings the checkpoint fixes."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import PROJECT_ROOT, TINY_ARGS, run_cli
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+def _fit(cwd: Path, data: Path, *extra: str, epochs: int = 2) -> subprocess.CompletedProcess:
+    result = run_cli("fit", "--data.data_dir", str(data), *TINY_ARGS, "--trainer.max_epochs", str(epochs), *extra, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def _events(run_dir: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def _hparams(run_dir: Path) -> dict[str, object]:
+    """The hyperparameters of the run's last HPARAMS session, as TensorBoard reads them."""
+    acc = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    params: dict[str, object] = {}
+    for content in acc.PluginTagToContent("hparams").values():
+        data = plugin_data_pb2.HParamsPluginData.FromString(content)
+        if data.HasField("session_start_info"):
+            for key, value in data.session_start_info.hparams.items():
+                params[key] = value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
+    return params
+
+
+def _last(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+# ------------------------------------------------------------------------------ one folder per run (14.2)
+@pytest.mark.slow
+def test_two_runs_started_together_get_two_consistent_folders(tiny_data, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    args = [sys.executable, "-m", "mnist_lightning", "fit", "--data.data_dir", str(tiny_data), *TINY_ARGS,
+            "--trainer.max_epochs", "2"]
+    runs = [subprocess.Popen([*args, "--model.lr", lr], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for lr in ("0.001", "0.002")]
+    for run in runs:
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err
+    folders = sorted(p.name for p in (tmp_path / "lightning_logs").iterdir())
+    assert folders == ["version_0", "version_1"]
+    lrs = set()
+    for name in folders:
+        run_dir = tmp_path / "lightning_logs" / name
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert config["trainer"]["logger"]["init_args"]["version"] == int(name.removeprefix("version_"))
+        assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith("config")) == ["config.yaml"]
+        assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # one writer per run
+        checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+        assert len(checkpoints) == 2 and "last.ckpt" in checkpoints  # one best, one last, no temporary files
+        saved_lr = torch.load(_last(run_dir), weights_only=True)["hyper_parameters"]["lr"]
+        assert saved_lr == config["model"]["init_args"]["lr"]  # the checkpoint belongs to this folder's config
+        lrs.add(saved_lr)
+    assert lrs == {0.001, 0.002}
+
+
+# ------------------------------------------------------------------------------ one run, one row (12.4, 12.5)
+def test_test_on_a_runs_checkpoint_logs_into_that_run_with_one_hparams_row(tiny_data, tmp_path):
+    _fit(tmp_path, tiny_data)
+    run_dir = tmp_path / "lightning_logs" / "version_0"
+    test = run_cli("test", "--ckpt_path", str(_last(run_dir)), "--data.data_dir", str(tiny_data), *TINY_ARGS, cwd=tmp_path)
+    assert test.returncode == 0, test.stderr
+    assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == ["version_0"]
+    scalars = _events(run_dir).Tags()["scalars"]
+    for tag in ("val/acc", "train/acc", "test/acc", "hp/val_acc_best", "hp/test_acc"):
+        assert tag in scalars, tag
+    params = _hparams(run_dir)
+    expected = {"model.class": "MNISTClassifier", "model.hidden_sizes": "[50]", "data.dataset": "mnist",
+                "data.batch_size": 64.0, "data.normalize": "false", "data.val_size": 100.0, "seed": "42",
+                "trainer.max_epochs": 2.0, "trainer.precision": "32-true", "trainer.devices": 1.0}
+    for key, value in expected.items():
+        assert params.get(key) == value, (key, params.get(key))
+    assert not any(key.startswith("_") or "instantiator" in key for key in params)
+
+
+def test_hparams_tell_a_fashion_run_from_an_mnist_run(tiny_data, tmp_path):
+    fashion = tmp_path / "fashion"
+    fashion.mkdir()
+    (fashion / "FashionMNIST").symlink_to(tiny_data)  # any layout works: a flat folder is enough
+    _fit(tmp_path, tiny_data, epochs=1)
+    _fit(tmp_path, tiny_data, "--data.dataset", "fashion_mnist", "--data.normalize", "true", epochs=1)
+    first, second = (_hparams(tmp_path / "lightning_logs" / f"version_{i}") for i in (0, 1))
+    assert (first["data.dataset"], first["data.normalize"]) == ("mnist", "false")
+    assert (second["data.dataset"], second["data.normalize"]) == ("fashion_mnist", "true")
+
+
+def test_a_checkpoint_from_elsewhere_gets_a_folder_of_its_own_and_predict_writes_none(tiny_data, tmp_path):
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    _fit(trained, tiny_data, epochs=1)
+    copy = tmp_path / "model.ckpt"
+    copy.write_bytes(_last(trained / "lightning_logs" / "version_0").read_bytes())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    test = run_cli("test", "--ckpt_path", str(copy), "--data.data_dir", str(tiny_data), *TINY_ARGS, cwd=elsewhere)
+    assert test.returncode == 0, test.stderr
+    assert [p.name for p in (elsewhere / "lightning_logs").iterdir()] == ["version_0"]
+    predict_dir = tmp_path / "predict"
+    predict_dir.mkdir()
+    predict = run_cli("predict", "--ckpt_path", str(copy), "--data.data_dir", str(tiny_data), *TINY_ARGS, cwd=predict_dir)
+    assert predict.returncode == 0, predict.stderr
+    assert list(predict_dir.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------ the newcomer's path (12.1, 12.2, 12.6)
+def test_the_test_command_that_fit_prints_works_when_pasted(tiny_data, tmp_path):
+    fit = _fit(tmp_path, tiny_data)
+    line = next(line for line in fit.stdout.splitlines() if line.startswith("Test it with: "))
+    command = shlex.split(line.removeprefix("Test it with: "))
+    assert command[:4] == ["python", "-m", "mnist_lightning", "test"]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    pasted = subprocess.run([sys.executable, *command[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert pasted.returncode == 0, pasted.stderr
+    assert re.search(r"Got \d+ / 200 with accuracy", pasted.stdout)
+
+
+def test_predicting_your_own_images_needs_no_dataset_on_disk(tiny_data, tmp_path):
+    from PIL import Image
+
+    _fit(tmp_path, tiny_data, epochs=1)
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(_last(tmp_path / "lightning_logs" / "version_0").read_bytes())
+    images = tmp_path / "mine"
+    images.mkdir()
+    digit = torch.zeros(28, 28, dtype=torch.uint8)
+    digit[8:11, 4:24] = 255  # a bar, like the fake digits of class 3
+    Image.fromarray(digit.numpy()).save(images / "bar.png")
+    empty = tmp_path / "no_data_here"
+    empty.mkdir()
+    result = run_cli("predict", "--ckpt_path", str(ckpt), "--data.predict_path", str(images),
+                     "--data.data_dir", str(empty / "missing"), "--trainer.enable_progress_bar", "false", cwd=empty)
+    assert result.returncode == 0, result.stderr
+    assert "bar.png" in result.stdout
+    assert list(empty.iterdir()) == []  # nothing downloaded, no log folder
+
+
+def test_the_console_of_fit_shows_progress_and_results_only(tiny_data, tmp_path):
+    fit = run_cli("fit", "--data.data_dir", str(tiny_data), "--data.verify", "false", "--data.val_size", "100",
+                  "--trainer.max_epochs", "2", cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr
+    console = fit.stdout + fit.stderr
+    for noise in ("weights_only", "Tip:", "litlogger", "LeafSpec", "Warning", "warn"):
+        assert noise not in console, noise
+    assert "Epoch 1" in console and "Best checkpoint" in console and "Test it with" in console
+    ckpt = str(_last(tmp_path / "lightning_logs" / "version_0"))
+    predict = run_cli("predict", "--ckpt_path", ckpt, "--data.data_dir", str(tiny_data), "--data.verify", "false",
+                      cwd=tmp_path)
+    assert predict.returncode == 0, predict.stderr
+    assert "dirpath has changed" not in predict.stdout + predict.stderr and "Warning" not in predict.stderr
+
+
+# ------------------------------------------------------------------------------ resume keeps what the checkpoint fixes (14.3)
+@pytest.fixture
+def trained_run(tiny_data, tmp_path) -> Path:
+    _fit(tmp_path, tiny_data, "--model.lr_schedule", "onecycle")
+    return tmp_path / "lightning_logs" / "version_0"
+
+
+@pytest.mark.parametrize(("option", "value", "saved"), [
+    ("--model.lr", "0.01", "0.001"), ("--data.batch_size", "128", "64"), ("--data.split_seed", "7", "42"),
+    ("--data.val_size", "50", "100"), ("--model.hidden_sizes", "[20]", "[50]"), ("--seed_everything", "3", "42"),
+    ("--model.lr_schedule", "cosine", "'onecycle'"),
+])
+def test_a_resume_with_a_setting_the_checkpoint_fixes_is_refused_naming_both_values(option, value, saved, trained_run,
+                                                                                     tmp_path):
+    before = _last(trained_run).read_bytes()
+    result = run_cli("fit", "--config", str(trained_run / "config.yaml"), "--ckpt_path", "last",
+                     "--trainer.max_epochs", "3", option, value, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    setting = option.removeprefix("--")
+    assert f"{setting}=" in result.stderr and saved in result.stderr, result.stderr
+    assert _last(trained_run).read_bytes() == before
+
+
+def test_a_resume_may_change_the_number_of_epochs_and_logging(trained_run, tmp_path):
+    result = run_cli("fit", "--config", str(trained_run / "config.yaml"), "--ckpt_path", "last",
+                     "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "5", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+# ------------------------------------------------------------------------------ evaluation keeps the run's split (14.4)
+def test_validate_reproduces_fits_val_acc_with_a_non_default_split(tiny_data, tmp_path):
+    _fit(tmp_path, tiny_data, "--data.split_seed", "7", "--data.val_size", "150", epochs=1)
+    run_dir = tmp_path / "lightning_logs" / "version_0"
+    fit_acc = [e.value for e in _events(run_dir).Scalars("val/acc")][-1]
+    result = run_cli("validate", "--ckpt_path", str(_last(run_dir)), "--data.data_dir", str(tiny_data),
+                     "--data.verify", "false", "--trainer.enable_progress_bar", "false", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    validated = float(re.search(r"val/acc\s+([0-9.]+)", result.stdout).group(1))
+    assert validated == pytest.approx(fit_acc, abs=1e-6)
+    for option, value in (("--data.split_seed", "42"), ("--data.normalize", "true")):
+        refused = run_cli("validate", "--ckpt_path", str(_last(run_dir)), "--data.data_dir", str(tiny_data),
+                          "--data.verify", "false", option, value, cwd=tmp_path)
+        assert refused.returncode == 2 and option.removeprefix("--") in refused.stderr
+
+
+# ------------------------------------------------------------------------------ evaluating nothing (14.5)
+@pytest.mark.parametrize("subcommand", ["test", "validate", "predict"])
+def test_evaluating_without_a_checkpoint_is_refused_unless_asked_for(subcommand, tiny_data, tmp_path):
+    result = run_cli(subcommand, "--data.data_dir", str(tiny_data), *TINY_ARGS, cwd=tmp_path)
+    assert result.returncode == 2 and "--ckpt_path" in result.stderr and "Traceback" not in result.stderr
+    assert "Got " not in result.stdout
+    allowed = run_cli(subcommand, "--data.data_dir", str(tiny_data), *TINY_ARGS, "--allow_untrained", "true", cwd=tmp_path)
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_ckpt_path_last_without_the_runs_config_is_refused(tiny_data, tmp_path):
+    _fit(tmp_path, tiny_data, epochs=1)
+    result = run_cli("test", "--ckpt_path", "last", "--data.data_dir", str(tiny_data), *TINY_ARGS, cwd=tmp_path)
+    assert result.returncode == 2 and "config.yaml" in result.stderr and "Got " not in result.stdout

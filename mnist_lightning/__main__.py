@@ -295,6 +295,10 @@ class MNISTLightningCLI(LightningCLI):
             explicit = mine != default_model.get(key) or self._on_command_line(f"model.{key}")
             if mine != value and explicit:
                 raise UserInputError(self._mismatch(f"model.{key}", mine, value))
+        saved_epochs, epochs = self.checkpoint.get("max_epochs"), given.trainer.get("max_epochs")
+        if saved.get("lr_schedule", "none") != "none" and saved_epochs is not None and epochs != saved_epochs:
+            raise UserInputError(self._mismatch("trainer.max_epochs", epochs, saved_epochs)
+                                 + f" (The {saved['lr_schedule']} schedule spans the run's {saved_epochs} epochs.)")
         saved_seed = self.checkpoint.get("seed")
         seed = given.get("seed_everything")
         if saved_seed is not None and isinstance(seed, int) and not isinstance(seed, bool) and seed != saved_seed:

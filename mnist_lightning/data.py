@@ -166,7 +166,7 @@ class MNISTDataModule(pl.LightningDataModule):
             self.train_set = self._dataset(images[:n_train], labels[:n_train])
             self.val_set = self._dataset(images[n_train:], labels[n_train:])
             world = self.trainer.world_size if self.trainer is not None else 1
-            if world > 1:  # batch semantics under DDP, stated once (README, "Batch size under DDP")
+            if world > 1:  # batch semantics under DDP, stated once (docs/scaling.md, "Batch size")
                 batch = self.hparams.batch_size
                 rank_zero_info(f"Training batch: {batch} per process x {world} processes = global batch {batch * world}.")
         if False in needed and self.test_set is None:

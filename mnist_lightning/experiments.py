@@ -691,7 +691,7 @@ def seeds_main(argv: Sequence[str]) -> None:
     print()
     print(seeds_table(runs))
     val, test = summarize([r.val_acc for r in runs]), summarize([r.test_acc for r in runs])
-    print("\nAs a row of README's results table (config | seeds | val acc % | test acc % | test min-max | fit s):")
+    print("\nAs a row of docs/results.md's table (config | seeds | val acc % | test acc % | test min-max | fit s):")
     print(f"| {' '.join(args.config)} | {' '.join(map(str, args.seeds))} | {val.mean_std(100)} | {test.mean_std(100)} | "
           f"{100 * test.low:.2f}-{100 * test.high:.2f} | {statistics.mean(r.fit_seconds for r in runs):.0f} |")
 

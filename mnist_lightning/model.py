@@ -276,6 +276,8 @@ class MNISTClassifier(pl.LightningModule):
         checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
         if "PL_GLOBAL_SEED" in os.environ:  # the data order derives from it: a resume must keep it
             checkpoint["seed"] = int(os.environ["PL_GLOBAL_SEED"])
+        if self._trainer is not None:  # a per-batch schedule's length derives from it (see __main__'s resume checks)
+            checkpoint["max_epochs"] = self.trainer.max_epochs
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
 

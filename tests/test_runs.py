@@ -184,23 +184,26 @@ def trained_run(tiny_data, tmp_path) -> Path:
 @pytest.mark.parametrize(("option", "value", "saved"), [
     ("--model.lr", "0.01", "0.001"), ("--data.batch_size", "128", "64"), ("--data.split_seed", "7", "42"),
     ("--data.val_size", "50", "100"), ("--model.hidden_sizes", "[20]", "[50]"), ("--seed_everything", "3", "42"),
-    ("--model.lr_schedule", "cosine", "'onecycle'"),
+    ("--model.lr_schedule", "cosine", "'onecycle'"), ("--trainer.max_epochs", "4", "2"),
 ])
 def test_a_resume_with_a_setting_the_checkpoint_fixes_is_refused_naming_both_values(option, value, saved, trained_run,
                                                                                      tmp_path):
     before = _last(trained_run).read_bytes()
-    result = run_cli("fit", "--config", str(trained_run / "config.yaml"), "--ckpt_path", "last",
-                     "--trainer.max_epochs", "3", option, value, cwd=tmp_path)
+    result = run_cli("fit", "--config", str(trained_run / "config.yaml"), "--ckpt_path", "last", option, value,
+                     cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     setting = option.removeprefix("--")
     assert f"{setting}=" in result.stderr and saved in result.stderr, result.stderr
     assert _last(trained_run).read_bytes() == before
 
 
-def test_a_resume_may_change_the_number_of_epochs_and_logging(trained_run, tmp_path):
-    result = run_cli("fit", "--config", str(trained_run / "config.yaml"), "--ckpt_path", "last",
+def test_a_resume_may_change_the_number_of_epochs_of_a_constant_rate_and_logging(tiny_data, tmp_path):
+    _fit(tmp_path, tiny_data, epochs=1)
+    run_dir = tmp_path / "lightning_logs" / "version_0"
+    result = run_cli("fit", "--config", str(run_dir / "config.yaml"), "--ckpt_path", "last",
                      "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "5", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert torch.load(_last(run_dir), weights_only=True)["epoch"] == 1
 
 
 # ------------------------------------------------------------------------------ evaluation keeps the run's split (14.4)

@@ -256,7 +256,7 @@ class MNISTLightningCLI(LightningCLI):
         """
         assert self.checkpoint is not None and self.parsed is not None
         given = self.parsed[self.subcommand]
-        defaults = self.parser._subcommands_action._name_parser_map[self.subcommand].get_defaults()  # noqa: SLF001
+        defaults = self.defaults(self.subcommand)
         saved = self.checkpoint.get("datamodule_hyper_parameters") or {}
         resume = self.subcommand == "fit"
         keys = RESUME_DATA_SETTINGS if resume else (*INPUT_SETTINGS, *SPLIT_SETTINGS)
@@ -276,6 +276,10 @@ class MNISTLightningCLI(LightningCLI):
             self._check_resumed_model(given, defaults)
         if inherited:
             self.config = self.parser.parse_object({self.subcommand: {"data": inherited}}, self.config)
+
+    def defaults(self, subcommand: str) -> Namespace:
+        """A subcommand's values with nothing given: configs/default.yaml over the classes' defaults."""
+        return self.parser.parse_args([subcommand])[subcommand]
 
     def _on_command_line(self, key: str) -> bool:
         return any(arg == f"--{key}" or arg.startswith(f"--{key}=") for arg in self.argv)
@@ -405,7 +409,7 @@ class MNISTLightningCLI(LightningCLI):
         and how it is read are this machine's, so they are spelt out.
         """
         config = self.config[self.subcommand]
-        defaults = self.parser._subcommands_action._name_parser_map["test"].get_defaults()  # noqa: SLF001
+        defaults = self.defaults("test")
         args = ["python", "-m", "mnist_lightning", "test", "--ckpt_path", ckpt_path]
         for key in ("data_dir", "verify", "pipeline", "eval_batch_size", "num_workers"):
             if config.data.get(key) != defaults.data.get(key):

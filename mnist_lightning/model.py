@@ -276,6 +276,7 @@ class MNISTClassifier(pl.LightningModule):
         checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
         if "PL_GLOBAL_SEED" in os.environ:  # the data order derives from it: a resume must keep it
             checkpoint["seed"] = int(os.environ["PL_GLOBAL_SEED"])
+        # `_trainer`: the public `trainer` property raises where there is none (a bare `torch.save`-style call).
         if self._trainer is not None:  # a per-batch schedule's length derives from it (see __main__'s resume checks)
             checkpoint["max_epochs"] = self.trainer.max_epochs
         if torch.cuda.is_available() and torch.cuda.is_initialized():

@@ -502,4 +502,8 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    run()
+    # Run the CLI from this file imported under its own name, so that its classes pickle as
+    # `mnist_lightning.__main__.X`: processes started by ddp_spawn cannot import `python -m`'s `__main__`.
+    from mnist_lightning.__main__ import run as run_imported
+
+    run_imported()

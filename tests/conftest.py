@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import os
+import re
 import subprocess
 import sys
+from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 REAL_DATA_DIR = (PROJECT_ROOT / ".." / "shared" / "data" / "mnist").resolve()
@@ -87,3 +95,107 @@ def start_cli(*args: str, cwd: Path, log: Path, env: dict | None = None) -> subp
     with open(log, "w") as out:
         return subprocess.Popen([sys.executable, "-m", "mnist_lightning", *args], cwd=cwd, env=full_env,
                                 stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+# ------------------------------------------------------------------ DDP and GPU probes (tests/test_ddp.py, test_gpu.py)
+VAL_SIZE = 101  # odd, so a padding distributed sampler would repeat an image
+
+
+class RunProbe(Callback):
+    """Test probe: per rank, the images each stage saw and the metrics it ended with, as JSON.
+
+    An image is named by a hash of its pixels, so shards can be compared across processes whatever
+    the pipeline (in-memory or torchvision) and sampler. Written at teardown to
+    `<out_dir>/<stage>-rank<R>.json`.
+    """
+
+    def __init__(self, out_dir: str):
+        self.out_dir = out_dir
+        self.seen: dict[str, list[str]] = defaultdict(list)
+        self.metrics: dict[str, dict[str, float]] = {}
+
+    @staticmethod
+    def _keys(batch: Any) -> list[str]:
+        pixels = (batch[0].detach().float().cpu().flatten(1) * 255).round().to(torch.uint8).numpy()
+        return [hashlib.sha1(row.tobytes()).hexdigest() for row in pixels]
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.seen[f"train/{trainer.current_epoch}"] += self._keys(batch)
+
+    def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:
+        if not trainer.sanity_checking:
+            self.seen[self._val_key(trainer)] += self._keys(batch)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.metrics[self._val_key(trainer)] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    @staticmethod
+    def _val_key(trainer: pl.Trainer) -> str:
+        return f"val/{trainer.current_epoch}" if trainer.state.fn == "fit" else "val"
+
+    def on_test_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int,
+                            dataloader_idx: int = 0) -> None:
+        self.seen["test"] += self._keys(batch)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.metrics["test"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        out = Path(self.out_dir) / f"{getattr(stage, 'value', stage)}-rank{trainer.global_rank}.json"
+        out.write_text(json.dumps({"world_size": trainer.world_size, "seen": self.seen, "metrics": self.metrics}))
+
+
+def probe_args(out_dir: Path) -> tuple[str, ...]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return ("--trainer.callbacks+=conftest.RunProbe", "--trainer.callbacks.out_dir", str(out_dir))
+
+
+def probe_env() -> dict[str, str]:
+    """The subprocesses import conftest (for RunProbe) by its module name."""
+    return {"PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(Path(__file__).resolve().parent)])}
+
+
+def read_probes(out_dir: Path, stage: str, world_size: int) -> list[dict[str, Any]]:
+    files = sorted(out_dir.glob(f"{stage}-rank*.json"))
+    assert [f.name for f in files] == [f"{stage}-rank{r}.json" for r in range(world_size)], files
+    probes = [json.loads(f.read_text()) for f in files]
+    assert all(p["world_size"] == world_size for p in probes)
+    return probes
+
+
+def image_keys(data_dir: Path, val_size: int = VAL_SIZE) -> dict[str, set[str]]:
+    """The hash of every image of the train/val/test splits, as the datamodule cuts them."""
+    from mnist_lightning.data import MNISTDataModule
+
+    dm = MNISTDataModule(data_dir=str(data_dir), verify=False, val_size=val_size)
+    dm.setup(None)
+    keys = {}
+    for name, dataset in (("train", dm.train_set), ("val", dm.val_set), ("test", dm.test_set)):
+        keys[name] = set(RunProbe._keys((dataset.images.unsqueeze(1).float() / 255,)))
+        assert len(keys[name]) == len(dataset)  # the fake images are all distinct
+    return keys
+
+
+def assert_exact_partition(shards: list[list[str]], expected: set[str], what: str) -> None:
+    """Every image of `expected` seen by exactly one rank, once."""
+    all_seen = [key for shard in shards for key in shard]
+    assert len(all_seen) == len(expected), f"{what}: {len(all_seen)} images seen for {len(expected)} (repeats?)"
+    assert set(all_seen) == expected, f"{what}: the ranks' shards do not cover the split exactly"
+    assert all(len(shard) > 0 for shard in shards), f"{what}: a rank saw nothing"
+
+
+def assert_one_run_written(workdir: Path) -> Path:
+    """One run folder, one saved config, one TensorBoard event file, one set of checkpoints."""
+    logs = workdir / "lightning_logs"
+    assert sorted(p.name for p in logs.iterdir()) == ["version_0"]
+    run = logs / "version_0"
+    assert sorted(p.name for p in run.glob("config*.yaml")) == ["config.yaml"]
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "last.ckpt" in names, names
+    assert len([n for n in names if n.startswith("epoch")]) == 1, names  # save_top_k 1
+    assert not [n for n in names if n.endswith(".tmp") or re.search(r"-v\d+\.ckpt$", n)], names
+    return run

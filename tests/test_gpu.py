@@ -19,9 +19,18 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import PROJECT_ROOT, TINY_ARGS, run_cli
+from conftest import (
+    PROJECT_ROOT,
+    TINY_ARGS,
+    assert_exact_partition,
+    assert_one_run_written,
+    image_keys,
+    probe_args,
+    probe_env,
+    read_probes,
+    run_cli,
+)
 from pytorch_lightning.callbacks import Callback
-from test_ddp import assert_exact_partition, assert_one_run_written, image_keys, probe_args, probe_env, read_probes
 from torch import nn
 
 from mnist_lightning.data import MNISTDataModule

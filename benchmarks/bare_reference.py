@@ -1,11 +1,16 @@
 """A bare PyTorch loop over in-memory tensors: the floor a framework run is compared against.
 
-Reference (b) of benchmarks/speed.py: same net, optimizer, batch, seed and train/val split as the
-project's default config, batches gathered by index from one uint8 tensor, no Lightning, no logging.
-(It imports mnist_lightning only to read the IDX files; that import also turns off, where there is
-no NVIDIA driver, the NVML probe that Lightning's import would otherwise add to every Adam step:
-see mnist_lightning/gpu_probe.py. Without that, this loop would be ~15% slower than a true bare loop.)
+Reference (b) of benchmarks/speed.py and benchmarks/ablation.py: same net, batch, seed and
+train/val split as the project's default config, plain `torch.optim.Adam` (`--fused` for the fused
+kernel the project's classes use), batches gathered by index from one uint8 tensor, no Lightning
+loop, no logging, no validation.
     python benchmarks/bare_reference.py --data-dir ../shared/data/mnist --threads 1
+
+It imports mnist_lightning.idx and .data only to read the IDX files and draw the same split; the
+latter imports pytorch_lightning, which sets PYTORCH_NVML_BASED_CUDA_CHECK=1, so that torch's Adam
+would ask NVML on every step whether CUDA is available (a failed dlopen each time on a machine
+without the NVIDIA driver). It therefore calls the CLI's own `skip_failing_nvml_check()`
+(mnist_lightning/__main__.py), as `python -m mnist_lightning` does, so that this is a true bare loop.
 """
 
 import argparse
@@ -17,9 +22,9 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from mnist_lightning.__main__ import skip_failing_nvml_check
 from mnist_lightning.data import split_indices
-from mnist_lightning.idx import DATASETS
-from mnist_lightning.idx import load_split
+from mnist_lightning.idx import DATASETS, load_split
 
 
 def main() -> None:
@@ -30,6 +35,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--fused", action="store_true", help="fused Adam, as the project uses")
     args = parser.parse_args()
+    skip_failing_nvml_check()  # after pytorch_lightning's import (via mnist_lightning.data): see the docstring
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -43,9 +49,9 @@ def main() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 50), nn.ReLU(), nn.Linear(50, 10))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=args.fused or None)
     generator = torch.Generator().manual_seed(args.seed)
-    epoch_times = []
+    epoch_times, epoch_cpu_times = [], []
     for _ in range(args.epochs):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         order = torch.randperm(len(x), generator=generator)
         for i in range(0, len(x), 64):
             index = order[i : i + 64]
@@ -55,12 +61,13 @@ def main() -> None:
             loss.backward()
             optimizer.step()
         epoch_times.append(time.perf_counter() - start)
+        epoch_cpu_times.append(time.process_time() - start_cpu)
 
     with torch.no_grad():
         def accuracy(imgs: torch.Tensor, targets: torch.Tensor) -> float:
             return (model(imgs.unsqueeze(1).float().div(255)).argmax(1) == targets).float().mean().item()
 
-        result = {"epoch_times": epoch_times, "val_acc": accuracy(images[val_idx], labels[val_idx]),
+        result = {"epoch_times": epoch_times, "epoch_cpu_times": epoch_cpu_times, "val_acc": accuracy(images[val_idx], labels[val_idx]),
                   "test_acc": accuracy(test_images, test_labels)}
     print(json.dumps(result))
 

@@ -208,7 +208,7 @@ class ResumeCheckpoint(Checkpoint):
         self._previous_handlers: dict[int, Any] = {}
         self._all_finite: torch.Tensor | None = None
         self._batches_done = 0
-        self._exiting = False
+        self._stopping = False
 
     @staticmethod
     def path(trainer: pl.Trainer) -> Path:
@@ -219,7 +219,7 @@ class ResumeCheckpoint(Checkpoint):
 
     # --------------------------------------------------------------------------- signals
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self._exiting:  # saved and on the way out: a further Ctrl+C would only interrupt the exit
+        if self._stopping:  # saved and on the way out: a further Ctrl+C would only interrupt the exit
             return
         if self._received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl+C: stop now, without a checkpoint
@@ -239,7 +239,7 @@ class ResumeCheckpoint(Checkpoint):
         # reinstall Lightning's SIGTERM handler, which holds the Trainer (and through it the model
         # and the datasets) for the rest of the process. Only undo what is still ours, and nothing
         # once an interrupt is being handled: the process is ending, and ours ignores further signals.
-        if self._exiting:
+        if self._stopping:
             return
         for signum, handler in self._previous_handlers.items():
             if signal.getsignal(signum) == self._handle:
@@ -267,21 +267,21 @@ class ResumeCheckpoint(Checkpoint):
         # on_train_epoch_start stops the next one): a checkpoint taken between the last batch and
         # the epoch's end would make Lightning resume the finished epoch as if it were half done.
         if self._batches_done < trainer.num_training_batches and self._interrupt_requested(trainer):
-            self._save_and_exit(trainer)
+            self._save_and_stop(trainer)
 
-    def _save_and_exit(self, trainer: pl.Trainer) -> None:
+    def _save_and_stop(self, trainer: pl.Trainer) -> None:
         self._check_finite(trainer)
         trainer.save_checkpoint(self.path(trainer), weights_only=False)  # a full checkpoint, to resume from
-        self._exit(trainer, f"in epoch {trainer.current_epoch}: saved after {self._batches_done} of its batches")
+        self._stop(trainer, f"in epoch {trainer.current_epoch}: saved after {self._batches_done} of its batches")
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # A signal during the previous epoch's last call or its validation: that epoch has ended and
         # been saved (and its metrics logged); stop before this one starts.
         if self._interrupt_requested(trainer):
-            self._exit(trainer, f"at the end of epoch {trainer.current_epoch - 1}: saved")
+            self._stop(trainer, f"at the end of epoch {trainer.current_epoch - 1}: saved")
 
-    def _exit(self, trainer: pl.Trainer, when: str) -> None:
-        self._exiting = True
+    def _stop(self, trainer: pl.Trainer, when: str) -> None:
+        self._stopping = True
         signum = self._received or signal.SIGTERM
         if trainer.is_global_zero:
             config = Path(trainer.log_dir or ".") / "config.yaml"

@@ -50,6 +50,7 @@ from mnist_lightning.resume import (
     checkpoint_files,
     claim_run_dir,
     load_checkpoint_file,
+    python_command,
     remove_superseded_checkpoints,
 )
 
@@ -410,7 +411,7 @@ class MNISTLightningCLI(LightningCLI):
         """
         config = self.config[self.subcommand]
         defaults = self.defaults("test")
-        args = ["python", "-m", "mnist_lightning", "test", "--ckpt_path", ckpt_path]
+        args = [python_command(), "-m", "mnist_lightning", "test", "--ckpt_path", ckpt_path]
         for key in ("data_dir", "verify", "pipeline", "eval_batch_size", "num_workers"):
             if config.data.get(key) != defaults.data.get(key):
                 args += [f"--data.{key}", str(config.data.get(key)).lower() if isinstance(config.data.get(key), bool)

@@ -37,7 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mnist_lightning.__main__ import MNISTLightningCLI, quiet_console
 from mnist_lightning.errors import UserInputError
-from mnist_lightning.resume import TrainingDiverged, TrainingInterrupted, first_line
+from mnist_lightning.resume import TrainingDiverged, TrainingInterrupted, first_line, python_command
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
@@ -531,7 +531,7 @@ def summarize_sweep(study: optuna.Study, sweep_dir: Path, metric: str) -> None:
     print(f"Best trial {best.number}: {metric} {best.value:.4f} ({best.user_attrs.get('run_dir')}), "
           f"{' '.join(f'{k}={_format_value(v)}' for k, v in best.params.items())}")
     print(f"Its config: {shown}")
-    print(f"Reproduce it with: {shlex.join(['python', '-m', 'mnist_lightning', 'fit', '--config', shown])}")
+    print(f"Reproduce it with: {shlex.join([python_command(), '-m', 'mnist_lightning', 'fit', '--config', shown])}")
 
 
 def _logs_root(config: Namespace) -> Path:
@@ -647,7 +647,7 @@ def run_seed(seed: int, fit_args: Sequence[str]) -> SeedRun:
     if checkpoint is None or checkpoint.monitor != "val/acc" or checkpoint.best_model_score is None:
         raise UserInputError("seeds tests the best checkpoint by val/acc: the config needs configs/default.yaml's "
                              "ModelCheckpoint (monitor val/acc) and at least one validation.")
-    test_args = shlex.split(fit.test_command(checkpoint.best_model_path))[3:]  # after `python -m mnist_lightning`
+    test_args = shlex.split(fit.test_command(checkpoint.best_model_path))[3:]  # after `<python> -m mnist_lightning`
     progress = fit.config.fit.trainer.get("enable_progress_bar")
     test_args += ["--verbose", "false", "--trainer.enable_progress_bar", json.dumps(progress is not False)]
     with in_process():

@@ -16,6 +16,7 @@ import errno
 import io
 import os
 import pickle
+import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -32,6 +33,19 @@ from mnist_lightning.errors import CheckpointError
 
 LAST_CHECKPOINT = "last.ckpt"
 RUN_PREFIX = "version_"
+
+
+def python_command() -> str:
+    """How to name this interpreter in a command printed for the user, so that it runs when pasted:
+    `python` where that is this interpreter (an activated venv), else its path (e.g. `.venv/bin/python`)."""
+    found = shutil.which("python")
+    if found and os.path.realpath(found) == os.path.realpath(sys.executable):
+        return "python"
+    executable = Path(sys.executable)
+    try:
+        return str(executable.relative_to(Path.cwd()))
+    except ValueError:
+        return str(executable)
 
 
 def first_line(err: BaseException) -> str:
@@ -287,7 +301,7 @@ class ResumeCheckpoint(Checkpoint):
             config = Path(trainer.log_dir or ".") / "config.yaml"
             print(
                 f"{signal.Signals(signum).name} received {when} {self.path(trainer)}. "
-                f"Resume with: python -m mnist_lightning fit --config {config} --ckpt_path last",
+                f"Resume with: {python_command()} -m mnist_lightning fit --config {config} --ckpt_path last",
                 file=sys.stderr,
                 flush=True,
             )

@@ -110,8 +110,6 @@ class FastMNISTClassifier(MNISTClassifier):
         # Epoch means in the same metric objects as the idiomatic class, one update per call.
         self.train_loss.update(step_losses)
         self.train_acc.update(torch.cat(preds), torch.cat(targets))
-        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, batch_size=len(step_losses))
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(step_losses))
         # A NaN or infinite loss at any of the steps makes the mean so (ResumeCheckpoint reads it).
         return {"loss": step_losses.mean()}
 
@@ -129,6 +127,7 @@ class FastMNISTClassifier(MNISTClassifier):
         return batch
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
         self._log_x_axis()
 
     def on_validation_epoch_end(self) -> None:
@@ -137,13 +136,13 @@ class FastMNISTClassifier(MNISTClassifier):
             self._log_x_axis()
 
     def _log_x_axis(self) -> None:
-        """Plot epoch-level values at the optimizer step, like `train/loss_step`.
+        """Plot epoch-level values where the idiomatic class has them: at the epoch's last optimizer step.
 
         A logged `step` is what Lightning's logger connector uses as the x-axis; without it Lightning
         uses its count of training_step calls, `steps_per_call` times smaller. (It then adds `epoch`
         only when no `step` is logged, so that is logged here too.)
         """
-        self.log("step", float(self.global_step), batch_size=1)
+        self.log("step", float(max(self.global_step - 1, 0)), batch_size=1)
         self.log("epoch", float(self.current_epoch), batch_size=1)
 
 

@@ -166,12 +166,20 @@ class MNISTClassifier(pl.LightningModule):
         return loss
 
     def log_training(self, loss: torch.Tensor, preds: torch.Tensor, y: torch.Tensor) -> None:
-        """Update the training metrics with one or more batches and log them (the epoch means and the step loss)."""
+        """Update the epoch's training metrics with one or more batches, and log the step loss."""
         self.train_loss.update(loss)
         self.train_acc.update(preds, y)
         self.log("train/loss_step", loss.detach().mean(), on_step=True, on_epoch=False)
-        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+
+    def on_train_epoch_end(self) -> None:
+        # Computed, logged and reset here rather than logged as metric objects in the step: Lightning
+        # resets logged objects only after the epoch-end checkpoint, which then carries a finished
+        # epoch's counts into the next epoch of a resumed run (tests/test_resume.py shows it).
+        # batch_size=1: single epoch-level values (the fast subclass's training_step gives Lightning no batch).
+        self.log("train/loss", self.train_loss.compute(), batch_size=1)
+        self.log("train/acc", self.train_acc.compute(), prog_bar=True, batch_size=1)
+        self.train_loss.reset()
+        self.train_acc.reset()
 
     def on_train_start(self) -> None:
         # A sanity check or an earlier `validate` must not count as the best epoch (resumed runs keep theirs).

@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 import signal
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -104,9 +105,10 @@ def test_sweep_runs_each_trial_as_a_fit_run_and_best_yaml_reproduces_the_best(ti
     best = yaml.safe_load((tmp_path / "lightning_logs" / "sweeps" / "tiny" / "best.yaml").read_text())
     assert best["trainer"]["logger"]["init_args"]["version"] is None
     command = re.search(r"Reproduce it with: (.+)", result.stdout).group(1)
-    assert command.startswith("python -m mnist_lightning fit --config ")
-    refit = run_cli(*shlex.split(command)[3:], cwd=tmp_path)  # as pasted (our interpreter for `python`)
-    assert refit.returncode == 0, refit.stderr[-3000:]
+    assert shlex.split(command)[1:] == ["-m", "mnist_lightning", "fit", "--config", "lightning_logs/sweeps/tiny/best.yaml"]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    refit = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert refit.returncode == 0, refit.stderr[-3000:]  # pasted as printed
     assert run_folders(tmp_path)[-1] == "version_3"
     weights = [torch.load(tmp_path / d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
                for d in (study.best_trial.user_attrs["run_dir"], "lightning_logs/version_3")]

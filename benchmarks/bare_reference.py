@@ -10,7 +10,8 @@ It imports mnist_lightning.idx and .data only to read the IDX files and draw the
 latter imports pytorch_lightning, which sets PYTORCH_NVML_BASED_CUDA_CHECK=1, so that torch's Adam
 would ask NVML on every step whether CUDA is available (a failed dlopen each time on a machine
 without the NVIDIA driver). It therefore calls the CLI's own `skip_failing_nvml_check()`
-(mnist_lightning/__main__.py), as `python -m mnist_lightning` does, so that this is a true bare loop.
+(mnist_lightning/__main__.py), as `python -m mnist_lightning` does, so that this is a true bare loop;
+`--keep-nvml-check` leaves the probe on, to measure what that saves.
 """
 
 import argparse
@@ -34,8 +35,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--fused", action="store_true", help="fused Adam, as the project uses")
+    parser.add_argument("--keep-nvml-check", action="store_true", help="leave the NVML probe on (see the docstring)")
     args = parser.parse_args()
-    skip_failing_nvml_check()  # after pytorch_lightning's import (via mnist_lightning.data): see the docstring
+    if not args.keep_nvml_check:
+        skip_failing_nvml_check()  # after pytorch_lightning's import (via mnist_lightning.data): see the docstring
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

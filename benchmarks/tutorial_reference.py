@@ -2,8 +2,9 @@
 
 Run by benchmarks/speed.py as reference (a). Prints one JSON line with per-epoch training times
 (wall and CPU; the CPU time sums torch's threads, by default one per core) and the accuracies the
-tutorial's `check_accuracy` computes. The timing and the command line are the only additions.
-    python benchmarks/tutorial_reference.py --root DIR_WITH_MNIST_RAW --seed 42
+tutorial's `check_accuracy` computes. The timing and the command line are the only additions;
+`--threads 1` (not the tutorial's) gives a reference that a busy shared machine disturbs less.
+    python benchmarks/tutorial_reference.py --root DIR_WITH_MNIST_RAW --seed 42 [--threads 1]
 """
 
 import argparse
@@ -50,7 +51,10 @@ def main():
     parser.add_argument("--root", required=True)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, as the tutorial)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
     input_size, num_classes, learning_rate, batch_size = 784, 10, 0.001, 64

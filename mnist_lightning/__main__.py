@@ -23,7 +23,7 @@ import os
 import shlex
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -384,10 +384,7 @@ class MNISTLightningCLI(LightningCLI):
 
     def fit(self, model: Any, **kwargs: Any) -> None:
         """`trainer.fit`, with FastMNISTClassifier's known Lightning warnings silenced around it only."""
-        if isinstance(model, FastMNISTClassifier):
-            with quiet_dataloader_iter_warnings():
-                self.trainer.fit(model, **kwargs)
-        else:
+        with quiet_dataloader_iter_warnings() if isinstance(model, FastMNISTClassifier) else nullcontext():
             self.trainer.fit(model, **kwargs)
 
     def after_fit(self) -> None:
@@ -459,10 +456,7 @@ def main(args: list[str] | None = None) -> None:
             return
         with quiet_console():
             MNISTLightningCLI(args=args)  # None: LightningCLI reads sys.argv itself
-    except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except MisconfigurationException as err:
+    except (UserInputError, MisconfigurationException) as err:  # the user's input: one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except TrainingDiverged as err:

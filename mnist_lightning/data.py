@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from torchvision import transforms
 
 from mnist_lightning.errors import DataFileError, UserInputError
-from mnist_lightning.idx import DATASETS, DatasetSpec, find_file, load_split, missing_files_message
+from mnist_lightning.idx import DATASETS, DatasetSpec, load_split, missing_files, missing_files_message
 
 log = logging.getLogger(__name__)
 
@@ -120,14 +120,11 @@ class MNISTDataModule(pl.LightningDataModule):
         """Verify the files the stage needs, downloading them with torchvision first if any is missing."""
         stage = self.trainer.state.fn if self.trainer is not None else None
         splits = self.splits_needed(str(stage.value) if stage is not None else None)
-        missing = [train for train in splits if any(find_file(self.data_dir, self.spec, f) is None for f in self._files(train))]
+        missing = [train for train in splits if missing_files(self.data_dir, self.spec, self.spec.split_files(train))]
         if missing:
             self._download(missing)
         for train in splits:
             self._decoded(train)
-
-    def _files(self, train: bool) -> tuple:
-        return self.spec.files[0:2] if train else self.spec.files[2:4]
 
     def _download(self, splits: list[bool]) -> None:
         log.info("Downloading %s into %s", self.spec.name, self.data_dir)
@@ -135,7 +132,7 @@ class MNISTDataModule(pl.LightningDataModule):
             for train in splits:
                 self.spec.torchvision_class(str(self.data_dir), train=train, download=True)
         except Exception as err:  # urllib/HTTP/OS errors: offline clusters are a normal case
-            files = [f for train in splits for f in self._files(train)]
+            files = [f for train in splits for f in self.spec.split_files(train)]
             raise DataFileError(f"{missing_files_message(self.data_dir, self.spec, files)}\n(download failed: {err})") from None
 
     def _decoded(self, train: bool, keep: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

@@ -59,7 +59,11 @@ class FastMNISTClassifier(MNISTClassifier):
 
     # --------------------------------------------------------------------------- refused flags
     def check_trainer_flags(self, trainer: pl.Trainer) -> None:
-        """Refuse what this class cannot honour, naming the class that can (called before fit)."""
+        """Refuse what this class cannot honour, naming the class that can.
+
+        The CLI calls it before fit: Lightning's own check of manual optimisation runs before any
+        hook of the module, and its message does not say which class to use instead.
+        """
         if trainer.gradient_clip_val:
             raise UserInputError(f"trainer.gradient_clip_val needs Lightning's automatic optimisation: use {IDIOMATIC}.")
         if trainer.accumulate_grad_batches != 1:
@@ -69,7 +73,6 @@ class FastMNISTClassifier(MNISTClassifier):
 
     def on_train_start(self) -> None:
         super().on_train_start()
-        self.check_trainer_flags(self.trainer)
         trainer = self.trainer
         check_every = trainer.val_check_batch
         mid_epoch = isinstance(check_every, int) and (check_every < trainer.num_training_batches

@@ -62,7 +62,7 @@ PROGRESS_BAR_REFRESH_STEPS = 50
 FRESH_START = "Start a new run with the same settings by adding --trainer.logger.init_args.version null."
 # Data settings that define what the model's input means and which images are validation images:
 # evaluation inherits them from the checkpoint, and a resume must keep them.
-INPUT_SETTINGS = ("dataset", "normalize")
+INPUT_SETTINGS = ("dataset", "normalize", "deskew")
 SPLIT_SETTINGS = ("split_seed", "val_size")
 # What else a checkpoint fixes for an exact resume: the data order and the optimiser's steps.
 RESUME_DATA_SETTINGS = (*INPUT_SETTINGS, *SPLIT_SETTINGS, "batch_size")

@@ -22,6 +22,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from torchvision import transforms
 
+from mnist_lightning.deskew import deskew
 from mnist_lightning.errors import DataFileError, UserInputError
 from mnist_lightning.idx import DATASETS, DatasetSpec, load_split, missing_files, missing_files_message
 
@@ -62,6 +63,8 @@ class MNISTDataModule(pl.LightningDataModule):
         split_seed: seed of the train/validation split (independent of the training seed).
         normalize: False reproduces the tutorial (``ToTensor()`` only); True also subtracts the
             dataset's mean and divides by its std.
+        deskew: straighten each digit's slant before anything else (`mnist_lightning.deskew`),
+            the same way for every split and for your own images in ``predict``.
         pipeline: ``memory`` gathers whole batches from one uint8 tensor (fast, the default);
             ``torchvision`` is the classic per-sample PIL + ``ToTensor`` pipeline.
         verify: check the files against the official checksums and sizes. Turn off only for
@@ -80,6 +83,7 @@ class MNISTDataModule(pl.LightningDataModule):
         val_size: int = 5000,
         split_seed: int = 42,
         normalize: bool = False,
+        deskew: bool = False,
         pipeline: Literal["memory", "torchvision"] = "memory",
         verify: bool = True,
         predict_path: str | None = None,
@@ -173,6 +177,8 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def _dataset(self, images: torch.Tensor, labels: torch.Tensor) -> Dataset:
         mean, std = (self.spec.mean, self.spec.std) if self.hparams.normalize else (None, None)
+        if self.hparams.deskew:
+            images = deskew(images)
         if self.hparams.pipeline == "torchvision":
             steps = [transforms.ToTensor()] + ([transforms.Normalize((mean,), (std,))] if mean is not None else [])
             return PerSampleDigits(images, labels, transforms.Compose(steps))
@@ -190,7 +196,7 @@ class MNISTDataModule(pl.LightningDataModule):
         from mnist_lightning.predict import ImageFolderDigits
 
         mean, std = (self.spec.mean, self.spec.std) if self.hparams.normalize else (None, None)
-        return ImageFolderDigits(self.hparams.predict_path, mean, std)
+        return ImageFolderDigits(self.hparams.predict_path, mean, std, deskew=self.hparams.deskew)
 
     def _device(self) -> torch.device:
         trainer = self.trainer

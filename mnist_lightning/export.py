@@ -6,7 +6,9 @@
 The exported model is the plain `MLP` in eval mode (dropout off, batch-norm statistics frozen): it
 takes what `MNISTClassifier.forward` takes, a float batch (N, 1, 28, 28) of any N, scaled like the
 run's training data (`x / 255`, then `(x - mean) / std` if the run normalised; the export prints
-which), and returns logits (N, classes). After writing, the export is loaded back and its logits are
+which), and returns logits (N, classes). A run trained on deskewed digits (`--data.deskew true`)
+exports with `mnist_lightning.deskew.Deskew` as its first layer, so the file still takes the
+scaled pixels and needs no preprocessing code beside it. After writing, the export is loaded back and its logits are
 compared with the checkpoint's on a random batch, before the file is written. The ONNX check needs onnxruntime; without it the
 file is written and the check is skipped, saying so.
 
@@ -35,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mnist_lightning.deskew import Deskew
 from mnist_lightning.errors import CheckpointError, UserInputError
 from mnist_lightning.idx import DATASETS
 from mnist_lightning.model import MNISTClassifier
@@ -61,7 +64,8 @@ def model_class(hparams: dict[str, Any]) -> type[MNISTClassifier]:
 
 
 def load_net(ckpt_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The checkpoint's `MLP` in eval mode, and the datamodule hyperparameters it was trained with.
+    """The checkpoint's `MLP` in eval mode (behind `Deskew` if the run deskewed), and the datamodule
+    hyperparameters it was trained with.
 
     The file is first read with `weights_only=True` (`load_checkpoint_file`: no pickled code runs,
     and empty or foreign files are refused); `load_from_checkpoint` then builds the module from the
@@ -80,15 +84,26 @@ def load_net(ckpt_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     except (RuntimeError, TypeError, KeyError) as err:
         raise CheckpointError(f"{ckpt_path} does not fit {cls.__name__}({checkpoint['hyper_parameters']}): "
                               f"{first_line(err)}") from None
-    return model.net.eval(), dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    data_hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    return with_input_preprocessing(model.net.eval(), data_hparams), data_hparams
+
+
+def with_input_preprocessing(net: nn.Module, data_hparams: dict[str, Any]) -> nn.Module:
+    """The net, behind the run's deskewing when it trained on deskewed digits (`--data.deskew true`)."""
+    if not data_hparams.get("deskew"):
+        return net
+    spec = DATASETS.get(data_hparams.get("dataset", "mnist"))
+    scaling = (spec.mean, spec.std) if data_hparams.get("normalize") and spec is not None else (0.0, 1.0)
+    return nn.Sequential(Deskew(*scaling), net).eval()
 
 
 def input_description(data_hparams: dict[str, Any]) -> str:
     """How to scale uint8 pixels for the exported model, from the run's datamodule settings."""
     spec = DATASETS.get(data_hparams.get("dataset", "mnist"))
+    deskewed = " (deskewed inside the model)" if data_hparams.get("deskew") else ""
     if data_hparams.get("normalize") and spec is not None:
-        return f"float (N, 1, 28, 28): (pixels / 255 - {spec.mean}) / {spec.std}"
-    return "float (N, 1, 28, 28): pixels / 255"
+        return f"float (N, 1, 28, 28): (pixels / 255 - {spec.mean}) / {spec.std}{deskewed}"
+    return f"float (N, 1, 28, 28): pixels / 255{deskewed}"
 
 
 def output_path(ckpt_path: str | Path, fmt: str, output: str | Path | None) -> Path:
@@ -130,7 +145,7 @@ def export_onnx(net: nn.Module, example: torch.Tensor) -> tuple[bytes, Runner | 
         path = Path(scratch) / "model.onnx"
         torch.onnx.export(
             net, (example,), str(path), input_names=["images"], output_names=["logits"],
-            dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, external_data=False, verbose=False,
+            dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False,
         )
         data = path.read_bytes()
     try:
@@ -168,7 +183,9 @@ def export(ckpt_path: str | Path, fmt: str, output: str | Path | None = None) ->
 
     print(f"Wrote {fmt} model {target} ({len(data) / 1024:.0f} KiB)")
     print(f"  input:  {input_description(data_hparams)}")
-    print(f"  output: logits (N, {net.layers[-1].out_features}); the predicted class is their argmax")
+    with torch.no_grad():
+        classes = net(example).shape[1]
+    print(f"  output: logits (N, {classes}); the predicted class is their argmax")
     if difference is None:
         print("  check:  skipped (install onnxruntime to compare the export with the checkpoint)")
     else:

@@ -232,7 +232,7 @@ class MNISTClassifier(pl.LightningModule):
         params: dict[str, Any] = {"model.class": type(self).__name__}
         params.update({f"model.{k}": v for k, v in self.hparams.items() if not k.startswith("_")})
         datamodule = trainer.datamodule
-        for key in ("dataset", "batch_size", "normalize", "val_size", "split_seed"):
+        for key in ("dataset", "batch_size", "normalize", "deskew", "val_size", "split_seed"):
             if datamodule is not None and key in datamodule.hparams:
                 params[f"data.{key}"] = datamodule.hparams[key]
         params.update({"seed": os.environ.get("PL_GLOBAL_SEED", "none"), "trainer.max_epochs": trainer.max_epochs,

@@ -50,6 +50,7 @@ from PIL import Image, UnidentifiedImageError
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from mnist_lightning.data import InMemoryDigits
+from mnist_lightning.deskew import deskew as deskew_digits
 from mnist_lightning.errors import UserInputError
 from mnist_lightning.resume import write_atomically
 
@@ -213,11 +214,12 @@ class ImageFolderDigits(InMemoryDigits):
 
     `path` is one image or a folder, read with its subfolders (sorted by path; hidden entries and
     non-regular files skipped). Built on `InMemoryDigits`, so the uint8 -> float scaling is the
-    training data's own code. The label slot carries the index, so the prediction writer can name
-    each file. Files that cannot be used are in `errors` as (path, reason); `summary` says what was read.
+    training data's own code; `deskew` straightens the digits as the run's data was. The label slot
+    carries the index, so the prediction writer can name each file. Files that cannot be used are in
+    `errors` as (path, reason); `summary` says what was read.
     """
 
-    def __init__(self, path: str | Path, mean: float | None = None, std: float | None = None):
+    def __init__(self, path: str | Path, mean: float | None = None, std: float | None = None, deskew: bool = False):
         root = Path(path)
         if not root.exists() and not root.is_symlink():
             raise UserInputError(f"data.predict_path {display_name(root)} does not exist: give an image file or a "
@@ -244,7 +246,8 @@ class ImageFolderDigits(InMemoryDigits):
         if not digits:
             reasons = "\n".join(f"  {display_name(file)}: {reason}" for file, reason in self.errors)
             raise UserInputError(f"no usable image in data.predict_path {display_name(root)}:\n{reasons}")
-        super().__init__(torch.stack(digits), torch.arange(len(digits)), mean, std)
+        images = torch.stack(digits)
+        super().__init__(deskew_digits(images) if deskew else images, torch.arange(len(digits)), mean, std)
 
 
 CSV_HEADER = ("file", "prediction", "probability")

@@ -183,7 +183,7 @@ def trained_run(tiny_data, tmp_path) -> Path:
 @pytest.mark.parametrize(("option", "value", "saved"), [
     ("--model.lr", "0.01", "0.001"), ("--data.batch_size", "128", "64"), ("--data.split_seed", "7", "42"),
     ("--data.val_size", "50", "100"), ("--model.hidden_sizes", "[20]", "[50]"), ("--seed_everything", "3", "42"),
-    ("--model.lr_schedule", "cosine", "'onecycle'"), ("--trainer.max_epochs", "4", "2"),
+    ("--model.lr_schedule", "cosine", "'onecycle'"), ("--trainer.max_epochs", "4", "2"), ("--data.deskew", "true", "False"),
 ])
 def test_a_resume_with_a_setting_the_checkpoint_fixes_is_refused_naming_both_values(option, value, saved, trained_run,
                                                                                      tmp_path):

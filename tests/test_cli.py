@@ -75,6 +75,17 @@ def test_configs_stack_and_the_seed_config_is_the_tutorial(tmp_path):
     assert config["data"]["batch_size"] == 64 and config["data"]["normalize"] is False
 
 
+def test_the_best_recipe_config_is_the_documented_one(tmp_path):
+    """configs/mlp_best.yaml parses through the real CLI and holds what docs/results.md measured."""
+    result = run_cli("fit", "--config", str(PROJECT_ROOT / "configs" / "mlp_best.yaml"), "--print_config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    model = config["model"]["init_args"]
+    assert model["hidden_sizes"] == [1024, 1024] and model["batch_norm"] is True and model["lr_schedule"] == "onecycle"
+    assert config["data"]["deskew"] is True and config["data"]["normalize"] is True
+    assert config["trainer"]["precision"] == "bf16-mixed"
+
+
 def test_help_is_readable_and_shows_the_ranges(tmp_path):
     result = run_cli("fit", "--help", cwd=tmp_path)
     assert result.returncode == 0

@@ -74,7 +74,9 @@ def test_sweep_file_mistakes_are_named(tmp_path, fields, message):
 def test_shipped_sweep_files_load():
     tutorial = load_sweep(PROJECT_ROOT / "configs" / "sweeps" / "tutorial.yaml")
     assert tutorial.configs == [SEED_CONFIG] and set(tutorial.search_space) == {"model.lr", "model.hidden_sizes", "data.batch_size"}
-    assert load_sweep(PROJECT_ROOT / "configs" / "sweeps" / "mlp.yaml").configs == [PROJECT_ROOT / "configs" / "mlp_best.yaml"]
+    for name in ("mlp", "mlp_99", "mlp_deskew"):
+        sweep = load_sweep(PROJECT_ROOT / "configs" / "sweeps" / f"{name}.yaml")
+        assert sweep.configs == [PROJECT_ROOT / "configs" / "mlp_best.yaml"] and sweep.search_space, name
 
 
 @pytest.mark.slow

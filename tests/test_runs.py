@@ -90,7 +90,7 @@ def test_test_on_a_runs_checkpoint_logs_into_that_run_with_one_hparams_row(tiny_
         assert tag in scalars, tag
     params = _hparams(run_dir)
     expected = {"model.class": "MNISTClassifier", "model.hidden_sizes": "[50]", "data.dataset": "mnist",
-                "data.batch_size": 64.0, "data.normalize": "false", "data.val_size": 100.0, "seed": "42",
+                "data.batch_size": 64.0, "data.normalize": "false", "data.deskew": "false", "data.val_size": 100.0, "seed": "42",
                 "trainer.max_epochs": 2.0, "trainer.precision": "32-true", "trainer.devices": 1.0}
     for key, value in expected.items():
         assert params.get(key) == value, (key, params.get(key))
@@ -171,6 +171,17 @@ def test_the_console_of_fit_shows_progress_and_results_only(tiny_data, tmp_path)
                       cwd=tmp_path)
     assert predict.returncode == 0, predict.stderr
     assert "dirpath has changed" not in predict.stdout + predict.stderr and "Warning" not in predict.stderr
+
+
+def test_the_best_recipes_settings_keep_the_console_quiet(tiny_data, tmp_path):
+    """configs/mlp_best.yaml's bf16 precision and deskewing add no warnings to what fit prints."""
+    fit = run_cli("fit", "--data.data_dir", str(tiny_data), "--data.verify", "false", "--data.val_size", "100",
+                  "--trainer.max_epochs", "1", "--trainer.precision", "bf16-mixed", "--data.deskew", "true", cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr
+    console = fit.stdout + fit.stderr
+    for noise in ("Warning", "warn", "not supported"):
+        assert noise not in console, noise
+    assert "Best checkpoint" in console
 
 
 # ------------------------------------------------------------------------------ resume keeps what the checkpoint fixes (14.3)

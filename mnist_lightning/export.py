@@ -8,9 +8,9 @@ takes what `MNISTClassifier.forward` takes, a float batch (N, 1, 28, 28) of any 
 run's training data (`x / 255`, then `(x - mean) / std` if the run normalised; the export prints
 which), and returns logits (N, classes). A run trained on deskewed digits (`--data.deskew true`)
 exports with `mnist_lightning.deskew.Deskew` as its first layer, so the file still takes the
-scaled pixels and needs no preprocessing code beside it. After writing, the export is loaded back and its logits are
-compared with the checkpoint's on a random batch, before the file is written. The ONNX check needs onnxruntime; without it the
-file is written and the check is skipped, saying so.
+scaled pixels and needs no preprocessing code beside it. After writing, the export is loaded back
+and its logits are compared with the checkpoint's on a random batch, before the file is written.
+The ONNX check needs onnxruntime; without it the file is written and the check is skipped, saying so.
 
 The export is serialised in memory, then written with `resume.write_atomically` (temporary file,
 fsync, rename): a full disk or a crash never leaves a truncated file over a good one, and an
@@ -183,8 +183,7 @@ def export(ckpt_path: str | Path, fmt: str, output: str | Path | None = None) ->
 
     print(f"Wrote {fmt} model {target} ({len(data) / 1024:.0f} KiB)")
     print(f"  input:  {input_description(data_hparams)}")
-    with torch.no_grad():
-        classes = net(example).shape[1]
+    classes = [m.out_features for m in net.modules() if isinstance(m, nn.Linear)][-1]  # the MLP's last layer
     print(f"  output: logits (N, {classes}); the predicted class is their argmax")
     if difference is None:
         print("  check:  skipped (install onnxruntime to compare the export with the checkpoint)")

@@ -88,21 +88,26 @@ def load_net(ckpt_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return with_input_preprocessing(model.net.eval(), data_hparams), data_hparams
 
 
+def input_normalisation(data_hparams: dict[str, Any]) -> tuple[float, float] | None:
+    """(mean, std) applied after `pixels / 255` when the run normalised its input, else None."""
+    spec = DATASETS.get(data_hparams.get("dataset", "mnist"))
+    return (spec.mean, spec.std) if data_hparams.get("normalize") and spec is not None else None
+
+
 def with_input_preprocessing(net: nn.Module, data_hparams: dict[str, Any]) -> nn.Module:
     """The net, behind the run's deskewing when it trained on deskewed digits (`--data.deskew true`)."""
     if not data_hparams.get("deskew"):
         return net
-    spec = DATASETS.get(data_hparams.get("dataset", "mnist"))
-    scaling = (spec.mean, spec.std) if data_hparams.get("normalize") and spec is not None else (0.0, 1.0)
-    return nn.Sequential(Deskew(*scaling), net).eval()
+    return nn.Sequential(Deskew(*(input_normalisation(data_hparams) or (0.0, 1.0))), net).eval()
 
 
 def input_description(data_hparams: dict[str, Any]) -> str:
     """How to scale uint8 pixels for the exported model, from the run's datamodule settings."""
-    spec = DATASETS.get(data_hparams.get("dataset", "mnist"))
     deskewed = " (deskewed inside the model)" if data_hparams.get("deskew") else ""
-    if data_hparams.get("normalize") and spec is not None:
-        return f"float (N, 1, 28, 28): (pixels / 255 - {spec.mean}) / {spec.std}{deskewed}"
+    normalisation = input_normalisation(data_hparams)
+    if normalisation is not None:
+        mean, std = normalisation
+        return f"float (N, 1, 28, 28): (pixels / 255 - {mean}) / {std}{deskewed}"
     return f"float (N, 1, 28, 28): pixels / 255{deskewed}"
 
 

@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from PIL import Image
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.utilities import rank_zero_info
@@ -23,8 +22,10 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from torchvision import transforms
 
 from mnist_lightning.deskew import deskew
+from mnist_lightning.digits import InMemoryDigits, PerSampleDigits, keep_batch
 from mnist_lightning.errors import DataFileError, UserInputError
 from mnist_lightning.idx import DATASETS, DatasetSpec, load_split, missing_files, missing_files_message
+from mnist_lightning.images import ImageFolderDigits
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,13 @@ class MNISTDataModule(pl.LightningDataModule):
             test set (see ``mnist_lightning.predict`` for the preprocessing).
     """
 
+    # What a checkpoint fixes, declared once (mnist_lightning.checkpoint_settings reads these): evaluation
+    # takes the input and split settings from the checkpoint, a resume refuses to change any of them,
+    # and the HPARAMS row shows them.
+    INPUT_SETTINGS = ("dataset", "normalize", "deskew")  # what the net's input means
+    SPLIT_SETTINGS = ("split_seed", "val_size")  # which training images are validation images
+    RESUME_SETTINGS = ("batch_size",)  # what else a resumed fit replays: the data order and the steps
+
     def __init__(
         self,
         data_dir: str = "data/",
@@ -108,6 +116,16 @@ class MNISTDataModule(pl.LightningDataModule):
     @property
     def classes(self) -> tuple[str, ...]:
         return self.spec.classes
+
+    @property
+    def num_classes(self) -> int:
+        """The net's outputs: the CLI links it to `model.num_classes` and the net's `num_classes`."""
+        return len(self.spec.classes)
+
+    def fixed_settings(self) -> dict[str, Any]:
+        """The settings a checkpoint of a run on this data fixes (see the declarations above)."""
+        keys = (*self.INPUT_SETTINGS, *self.SPLIT_SETTINGS, *self.RESUME_SETTINGS)
+        return {key: self.hparams[key] for key in keys}
 
     # ----------------------------------------------------------------------------------- files
     def splits_needed(self, stage: str | None) -> tuple[bool, ...]:
@@ -193,8 +211,6 @@ class MNISTDataModule(pl.LightningDataModule):
         if self.hparams.predict_path is None:
             assert self.test_set is not None
             return self.test_set
-        from mnist_lightning.predict import ImageFolderDigits
-
         mean, std = (self.spec.mean, self.spec.std) if self.hparams.normalize else (None, None)
         return ImageFolderDigits(self.hparams.predict_path, mean, std, deskew=self.hparams.deskew)
 
@@ -256,72 +272,6 @@ class MNISTDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         # Lightning itself shards predict loaders without repeats (UnrepeatedDistributedSamplerWrapper).
         return self._eval_loader(self.predict_set, shard=False)
-
-
-class InMemoryDigits(Dataset):
-    """uint8 images (N, 28, 28) and int64 labels, scaled to float per batch.
-
-    `mean`/`std` given: `(x / 255 - mean) / std`, as `Normalize`; otherwise `x / 255`, as `ToTensor`.
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: float | None = None, std: float | None = None):
-        if images.dtype != torch.uint8 or images.dim() != 3:
-            raise ValueError(f"images must be a uint8 tensor (N, H, W), got {images.dtype} {tuple(images.shape)}")
-        if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.images = images
-        self.labels = labels
-        self.mean = mean
-        self.std = std
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def scale(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.unsqueeze(1).to(torch.get_default_dtype()).div(255)
-        if self.mean is not None and self.std is not None:
-            x = x.sub_(self.mean).div_(self.std)
-        return x
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.scale(self.images[index : index + 1])[0], self.labels[index]
-
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The DataLoader calls this with a whole batch of indices: one gather instead of B lookups."""
-        index = torch.as_tensor(indices, dtype=torch.long)
-        if self.images.device.type != "cpu":
-            index = index.to(self.images.device, non_blocking=True)
-        return self.scale(self.images[index]), self.labels[index]
-
-    def to(self, device: torch.device | str) -> InMemoryDigits:
-        """Move the whole dataset once (e.g. to the GPU), so no batch crosses the bus again."""
-        self.images = self.images.to(device)
-        self.labels = self.labels.to(device)
-        return self
-
-
-class PerSampleDigits(Dataset):
-    """The classic torchvision pipeline, sample by sample: PIL image, then `transform`.
-
-    Same `__getitem__` as `torchvision.datasets.MNIST`; kept for augmentation and comparison.
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Any):
-        self.images = images
-        self.labels = labels
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        image = Image.fromarray(self.images[index].numpy(), mode="L")
-        return self.transform(image), int(self.labels[index])
-
-
-def keep_batch(batch: Any) -> Any:
-    """collate_fn for datasets whose `__getitems__` already returns a collated batch."""
-    return batch
 
 
 class EpochShuffleSampler(RandomSampler):

@@ -11,3 +11,9 @@ class DataFileError(UserInputError):
 
 class CheckpointError(UserInputError):
     """A checkpoint is missing, truncated, unsafe to load, or from another architecture."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type where the message is empty."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__

@@ -35,9 +35,10 @@ from jsonargparse import Namespace
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from mnist_lightning.__main__ import MNISTLightningCLI, quiet_console
-from mnist_lightning.errors import UserInputError
-from mnist_lightning.resume import TrainingDiverged, TrainingInterrupted, first_line, python_command
+from mnist_lightning.cli import MNISTLightningCLI, quiet_console
+from mnist_lightning.commands import mnist_command
+from mnist_lightning.errors import UserInputError, first_line
+from mnist_lightning.resume import TrainingDiverged, TrainingInterrupted
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
@@ -531,7 +532,7 @@ def summarize_sweep(study: optuna.Study, sweep_dir: Path, metric: str) -> None:
     print(f"Best trial {best.number}: {metric} {best.value:.4f} ({best.user_attrs.get('run_dir')}), "
           f"{' '.join(f'{k}={_format_value(v)}' for k, v in best.params.items())}")
     print(f"Its config: {shown}")
-    print(f"Reproduce it with: {shlex.join([python_command(), '-m', 'mnist_lightning', 'fit', '--config', shown])}")
+    print(f"Reproduce it with: {mnist_command('fit', '--config', shown)}")
 
 
 def _logs_root(config: Namespace) -> Path:

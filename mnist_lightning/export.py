@@ -3,7 +3,7 @@
     python -m mnist_lightning export --ckpt_path CKPT --format torchscript --output mnist.pt
     python -m mnist_lightning export --ckpt_path CKPT --format onnx --output mnist.onnx   # pip install -e ".[onnx]"
 
-The exported model is the plain `MLP` in eval mode (dropout off, batch-norm statistics frozen): it
+The exported model is the checkpoint's net (any `nn.Module`) in eval mode (dropout off, batch-norm statistics frozen): it
 takes what `MNISTClassifier.forward` takes, a float batch (N, 1, 28, 28) of any N, scaled like the
 run's training data (`x / 255`, then `(x - mean) / std` if the run normalised; the export prints
 which), and returns logits (N, classes). A run trained on deskewed digits (`--data.deskew true`)
@@ -24,7 +24,6 @@ here); it still loads with `torch.jit.load` and needs no Python class. ONNX is t
 from __future__ import annotations
 
 import argparse
-import inspect
 import io
 import os
 import sys
@@ -37,11 +36,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from mnist_lightning.atomic import write_atomically
 from mnist_lightning.deskew import Deskew
-from mnist_lightning.errors import CheckpointError, UserInputError
+from mnist_lightning.errors import CheckpointError, UserInputError, first_line
 from mnist_lightning.idx import DATASETS
 from mnist_lightning.model import MNISTClassifier
-from mnist_lightning.resume import first_line, load_checkpoint_file, write_atomically
+from mnist_lightning.resume import load_checkpoint_file
 
 FORMATS = ("torchscript", "onnx")
 SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
@@ -53,38 +53,33 @@ CHECK_TOLERANCE = 1e-4
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
 
-def model_class(hparams: dict[str, Any]) -> type[MNISTClassifier]:
-    """The LightningModule class that wrote the checkpoint: from LightningCLI's `_class_path`, else its hparams."""
-    from mnist_lightning.fast import FastMNISTClassifier
-
-    class_path = str(hparams.get("_class_path", ""))
-    if class_path.rsplit(".", 1)[-1] == FastMNISTClassifier.__name__ or "steps_per_call" in hparams:
-        return FastMNISTClassifier
-    return MNISTClassifier
-
-
-def load_net(ckpt_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The checkpoint's `MLP` in eval mode (behind `Deskew` if the run deskewed), and the datamodule
-    hyperparameters it was trained with.
+def load_model(ckpt_path: str | Path) -> tuple[MNISTClassifier, dict[str, Any]]:
+    """The checkpoint's LightningModule, its injected net rebuilt, and the datamodule hyperparameters.
 
     The file is first read with `weights_only=True` (`load_checkpoint_file`: no pickled code runs,
-    and empty or foreign files are refused); `load_from_checkpoint` then builds the module from the
-    checked contents, without LightningCLI's bookkeeping keys (`_instantiator`, `_class_path`).
+    and empty or foreign files are refused); `load_from_checkpoint` then rebuilds the module from
+    the config LightningCLI saved in it (the class, and the net's class path and init args), so a
+    net of the user's own comes back as long as its module is importable.
     """
     checkpoint = load_checkpoint_file(ckpt_path)
-    hparams = dict(checkpoint.get("hyper_parameters") or {})
-    cls = model_class(hparams)
-    accepted = set(inspect.signature(cls.__init__).parameters) | set(inspect.signature(MNISTClassifier.__init__).parameters)
-    checkpoint["hyper_parameters"] = {k: v for k, v in hparams.items() if k in accepted and k != "self"}
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     buffer.seek(0)
     try:
-        model = cls.load_from_checkpoint(buffer, map_location="cpu", weights_only=True)
-    except (RuntimeError, TypeError, KeyError) as err:
-        raise CheckpointError(f"{ckpt_path} does not fit {cls.__name__}({checkpoint['hyper_parameters']}): "
-                              f"{first_line(err)}") from None
-    data_hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+        model = MNISTClassifier.load_from_checkpoint(buffer, map_location="cpu", weights_only=True)
+    except (ImportError, RuntimeError, TypeError, KeyError, ValueError) as err:
+        if isinstance(err, CheckpointError):
+            raise
+        saved = checkpoint.get("hyper_parameters") or {}
+        raise CheckpointError(f"{ckpt_path}: cannot rebuild its model {saved.get('_class_path', 'MNISTClassifier')} "
+                              f"({first_line(err)}). A net of your own must be importable (on PYTHONPATH).") from None
+    return model, dict(checkpoint.get("datamodule_hyper_parameters") or {})
+
+
+def load_net(ckpt_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The checkpoint's net in eval mode (behind `Deskew` if the run deskewed), and the datamodule
+    hyperparameters it was trained with."""
+    model, data_hparams = load_model(ckpt_path)
     return with_input_preprocessing(model.net.eval(), data_hparams), data_hparams
 
 
@@ -188,7 +183,8 @@ def export(ckpt_path: str | Path, fmt: str, output: str | Path | None = None) ->
 
     print(f"Wrote {fmt} model {target} ({len(data) / 1024:.0f} KiB)")
     print(f"  input:  {input_description(data_hparams)}")
-    classes = [m.out_features for m in net.modules() if isinstance(m, nn.Linear)][-1]  # the MLP's last layer
+    with torch.no_grad():
+        classes = net(example).shape[-1]  # whatever the net: its logits say how many classes
     print(f"  output: logits (N, {classes}); the predicted class is their argmax")
     if difference is None:
         print("  check:  skipped (install onnxruntime to compare the export with the checkpoint)")

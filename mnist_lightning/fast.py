@@ -35,7 +35,8 @@ class FastMNISTClassifier(MNISTClassifier):
     What it trades away, all because Lightning sees one step per call:
     * Lightning's automatic optimisation: `gradient_clip_val` and `accumulate_grad_batches` are
       refused (use the idiomatic class for them), as are schedulers stepped per epoch or on a
-      monitored metric (the per-batch schedules of `lr_schedule` work).
+      monitored metric (`RunSchedule`s such as `OneCycle`, and torch schedulers with
+      `lr_scheduler_interval: step`, work).
     * Per-batch callback hooks (`on_train_batch_end`, `ModelCheckpoint(every_n_train_steps)`,
       `LearningRateMonitor(logging_interval="step")`, EMA-style callbacks) fire once per call, and a
       SIGINT/SIGTERM checkpoint comes between calls.
@@ -95,7 +96,7 @@ class FastMNISTClassifier(MNISTClassifier):
         for batch, _, _ in itertools.islice(dataloader_iter, self._steps_this_call()):
             x, y = self._on_device(batch)
             logits = self(x)
-            loss = torch.nn.functional.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+            loss = self.loss(logits, y, training=True)
             optimizer.zero_grad()
             self.manual_backward(loss)
             optimizer.step()

@@ -1,23 +1,32 @@
-"""The fully connected net, and the LightningModule that trains and evaluates it.
+"""The fully connected net, and the LightningModule that trains and evaluates any net.
 
-    model = MNISTClassifier(hidden_sizes=[50], lr=1e-3)      # the tutorial's 784-50-10 net, Adam 1e-3
+    model = MNISTClassifier()                                   # the tutorial: 784-50-10 MLP, Adam 1e-3
+    model = MNISTClassifier(net=MLP([256, 128]), optimizer=partial(torch.optim.SGD, lr=0.05))
     pl.Trainer(max_epochs=3).fit(model, MNISTDataModule())
 
-The net (`MLP`) is a plain `nn.Module`, so it can be exported, tested and reused without Lightning.
-`MNISTClassifier` is the textbook LightningModule around it: `training_step(batch, batch_idx)`
-returns the loss and Lightning owns backward, stepping, clipping, accumulation, precision, device
-transfer and the logging x-axis. `mnist_lightning.fast` holds an opt-in subclass that trades some of
-that away for speed.
+    python -m mnist_lightning fit --model.net my_nets.SmallCNN --model.net.init_args.width 16 \
+        --model.optimizer torch.optim.SGD --model.optimizer.init_args.lr 0.05
+
+The net (`MLP` by default) is a plain `nn.Module` passed in, so it can be exported, tested and
+reused without Lightning, and replaced by any module that maps a float batch (N, 1, 28, 28) to
+logits (N, classes). The optimizer and the schedule are passed in too, as LightningCLI's callables
+(class paths in YAML). `MNISTClassifier` is the textbook LightningModule around them:
+`training_step(batch, batch_idx)` returns the loss and Lightning owns backward, stepping, clipping,
+accumulation, precision, device transfer and the logging x-axis. `mnist_lightning.fast` holds an
+opt-in subclass that trades some of that away for speed.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from jsonargparse.typing import NonNegativeFloat, PositiveFloat, PositiveInt, restricted_number_type
+from jsonargparse.typing import PositiveInt, restricted_number_type
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 from torch.nn import functional as F
@@ -25,6 +34,7 @@ from torchmetrics import MaxMetric, MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnist_lightning.errors import CheckpointError, UserInputError
+from mnist_lightning.schedules import RunSchedule
 
 IMAGE_PIXELS = 28 * 28
 
@@ -33,6 +43,8 @@ UnitShare = restricted_number_type("UnitShare", float, [(">=", 0), ("<", 1)], jo
 AtLeastTwo = restricted_number_type("AtLeastTwo", int, (">=", 2))
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+# The parts a user injects; their settings are the run's hyperparameters (see `part_settings`).
+PARTS = ("net", "optimizer", "lr_scheduler")
 
 
 class MLP(nn.Module):
@@ -41,30 +53,44 @@ class MLP(nn.Module):
     With the defaults it is the tutorial's 784-50-10 net. Options for stronger recipes:
     `batch_norm` (Linear -> BatchNorm -> ReLU), `dropout` after each hidden ReLU, and
     `input_dropout` on the pixels.
+
+    Args:
+        hidden_sizes: widths of the hidden layers; ``[50]`` is the tutorial's net.
+        num_classes: outputs; the CLI sets it from the data (``data.num_classes``).
+        dropout: after each hidden ReLU.
+        input_dropout: on the pixels.
+        batch_norm: Linear -> BatchNorm -> ReLU in each hidden layer.
     """
 
     def __init__(
         self,
-        hidden_sizes: list[int] | tuple[int, ...] = (50,),
-        num_classes: int = 10,
-        dropout: float = 0.0,
-        input_dropout: float = 0.0,
+        hidden_sizes: list[PositiveInt] = [50],  # noqa: B006 - a list is what LightningCLI and YAML speak
+        num_classes: AtLeastTwo = 10,
+        dropout: UnitShare = 0.0,
+        input_dropout: UnitShare = 0.0,
         batch_norm: bool = False,
     ):
         super().__init__()
+        if not hidden_sizes or any(isinstance(h, bool) or not isinstance(h, int) or h <= 0 for h in hidden_sizes):
+            raise UserInputError(f"MLP hidden_sizes must be a non-empty list of positive integers; got {hidden_sizes!r}.")
+        for name, share in (("dropout", dropout), ("input_dropout", input_dropout)):
+            if not 0 <= share < 1:
+                raise UserInputError(f"MLP {name} must be in [0, 1); got {share!r}.")
+        if num_classes < 2:
+            raise UserInputError(f"MLP num_classes must be >= 2; got {num_classes!r}.")
         layers: list[nn.Module] = [nn.Flatten()]
         if input_dropout > 0:
-            layers.append(nn.Dropout(input_dropout))
+            layers.append(nn.Dropout(float(input_dropout)))
         width = IMAGE_PIXELS
         for size in hidden_sizes:
-            layers.append(nn.Linear(width, size, bias=not batch_norm))
+            layers.append(nn.Linear(width, int(size), bias=not batch_norm))
             if batch_norm:
-                layers.append(nn.BatchNorm1d(size))
+                layers.append(nn.BatchNorm1d(int(size)))
             layers.append(nn.ReLU())
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            width = size
-        layers.append(nn.Linear(width, num_classes))
+                layers.append(nn.Dropout(float(dropout)))
+            width = int(size)
+        layers.append(nn.Linear(width, int(num_classes)))
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,70 +98,96 @@ class MLP(nn.Module):
         return self.layers(x)
 
 
-def check_hparams(hidden_sizes: list[int], lr: float, weight_decay: float, shares: dict[str, float],
-                  num_classes: int) -> None:
-    """The ranges the CLI's types enforce, checked once more for callers of the Python API."""
-    if not hidden_sizes or any(not isinstance(h, int) or h <= 0 for h in hidden_sizes):
-        raise UserInputError(f"model.hidden_sizes must be a non-empty list of positive integers; got {hidden_sizes!r}.")
-    if not lr > 0:
-        raise UserInputError(f"model.lr must be > 0; got {lr!r}.")
-    if not weight_decay >= 0:
-        raise UserInputError(f"model.weight_decay must be >= 0; got {weight_decay!r}.")
-    for name, share in shares.items():
-        if not 0 <= share < 1:
-            raise UserInputError(f"model.{name} must be in [0, 1); got {share!r}.")
-    if num_classes < 2:
-        raise UserInputError(f"model.num_classes must be >= 2; got {num_classes!r}.")
+def _is_plain(value: Any) -> bool:
+    """Data a checkpoint can hold and `torch.load(weights_only=True)` can read: no objects, no code."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return True
+    if isinstance(value, list | tuple):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return False
+
+
+def part_settings(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """A module's hyperparameters as flat `key: value` pairs, keyed as on the command line.
+
+    An injected part saved by LightningCLI is `{class_path, init_args}`: it becomes `net` (the class
+    path) and `net.init_args.width` (each argument), so a resume check or the HPARAMS row can name
+    exactly the setting that differs. LightningCLI's own bookkeeping (`_class_path`, ...) is left out.
+    """
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping) and "class_path" in value:
+            flat[prefix] = value["class_path"]
+            for key, arg in (value.get("init_args") or {}).items():
+                walk(f"{prefix}.init_args.{key}", arg)
+        elif isinstance(value, Mapping) and value:
+            for key, arg in value.items():
+                walk(f"{prefix}.{key}", arg)
+        else:
+            flat[prefix] = list(value) if isinstance(value, tuple) else value
+
+    for key, value in hparams.items():
+        if not str(key).startswith("_"):
+            walk(str(key), value)
+    return flat
 
 
 class MNISTClassifier(pl.LightningModule):
-    """Trains `MLP` with cross-entropy and Adam, and logs loss and accuracy per stage.
+    """Trains a net with cross-entropy and an injected optimizer, and logs loss and accuracy per stage.
 
     Logged (TensorBoard's x-axis is the optimizer step): `train/loss_step` every
     `log_every_n_steps`; per epoch `train/loss`, `train/acc`, `val/loss`, `val/acc`, `val/acc_best`;
     after `test`, `test/loss` and `test/acc`. The learning rate comes from Lightning's
-    `LearningRateMonitor` (configs/default.yaml).
+    `LearningRateMonitor` (the default config).
 
     Args:
-        hidden_sizes: widths of the hidden layers; ``[50]`` is the tutorial's net.
-        lr: learning rate of Adam (the peak rate with ``lr_schedule: onecycle``).
-        optimizer: ``adam`` (the tutorial's) or ``adamw`` (decoupled weight decay).
-        weight_decay: L2 (adam) or decoupled (adamw) weight decay, on weight matrices only.
-        lr_schedule: ``none`` (constant, the tutorial's), ``onecycle`` or ``cosine``, stepped per batch.
-        dropout: after each hidden ReLU.
-        input_dropout: on the pixels.
-        batch_norm: Linear -> BatchNorm -> ReLU in each hidden layer.
+        net: any `nn.Module` from a float batch (N, 1, 28, 28) to logits (N, num_classes); the
+            tutorial's `MLP` when left out. Under the CLI a class path, e.g. ``my_nets.SmallCNN``;
+            its ``num_classes`` argument is set from the data.
+        optimizer: builds the optimizer from parameter groups, e.g. ``torch.optim.SGD`` with its
+            init args. Weight decay never applies to biases and normalisation scales (parameters of
+            fewer than 2 dimensions), whatever the optimizer: decaying them only fights the normalisation.
+        lr_scheduler: a torch scheduler built from the optimizer (e.g. ``torch.optim.lr_scheduler.StepLR``),
+            or a `mnist_lightning.schedules.RunSchedule` (``OneCycle``, ``Cosine``) that spans the run,
+            stepped per optimizer step; none keeps the rate constant (the tutorial's).
+        lr_scheduler_interval: when a torch scheduler steps: after every ``epoch`` (Lightning's
+            default) or every optimizer ``step``.
         label_smoothing: of the training cross-entropy targets (evaluation uses plain targets).
-        warmup: share of the steps that ``onecycle`` spends raising the learning rate to ``lr``.
-        num_classes: 10 for every MNIST-family dataset.
+        num_classes: of the metrics; the CLI sets it from the data (``data.num_classes``).
     """
 
     def __init__(
         self,
-        hidden_sizes: list[PositiveInt] = [50],  # noqa: B006 - a list is what LightningCLI and YAML speak
-        lr: PositiveFloat = 1e-3,
-        optimizer: Literal["adam", "adamw"] = "adam",
-        weight_decay: NonNegativeFloat = 0.0,
-        lr_schedule: Literal["none", "onecycle", "cosine"] = "none",
-        dropout: UnitShare = 0.0,
-        input_dropout: UnitShare = 0.0,
-        batch_norm: bool = False,
+        net: nn.Module | None = None,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: RunSchedule | LRSchedulerCallable | None = None,
+        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         label_smoothing: UnitShare = 0.0,
-        warmup: UnitShare = 0.25,
         num_classes: AtLeastTwo = 10,
     ):
         super().__init__()
-        # Plain Python numbers in the hyperparameters (the CLI hands over its range types), so a
-        # checkpoint's hyper_parameters load with torch.load(weights_only=True).
-        hidden_sizes = [int(h) if isinstance(h, int) else h for h in hidden_sizes]
-        lr, weight_decay, dropout, input_dropout = float(lr), float(weight_decay), float(dropout), float(input_dropout)
-        label_smoothing, warmup, num_classes = float(label_smoothing), float(warmup), int(num_classes)
-        check_hparams(hidden_sizes, lr, weight_decay, dict(dropout=dropout, input_dropout=input_dropout,
-                      label_smoothing=label_smoothing, warmup=warmup), num_classes)
-        # logger=False: Lightning would log these (and LightningCLI's internal keys) at fit start;
-        # `experiment_hparams` logs what defines the experiment instead.
-        self.save_hyperparameters(logger=False)
-        self.net = MLP(hidden_sizes, num_classes, dropout, input_dropout, batch_norm)
+        label_smoothing, num_classes = float(label_smoothing), int(num_classes)
+        if not 0 <= label_smoothing < 1:
+            raise UserInputError(f"model.label_smoothing must be in [0, 1); got {label_smoothing!r}.")
+        if num_classes < 2:
+            raise UserInputError(f"model.num_classes must be >= 2; got {num_classes!r}.")
+        if lr_scheduler_interval not in ("epoch", "step"):
+            raise UserInputError(f"model.lr_scheduler_interval must be epoch or step; got {lr_scheduler_interval!r}.")
+        with warnings.catch_warnings():  # the net is dropped just below when it is an object (Python use)
+            warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module` and is already saved")
+            # logger=False: `experiment_hparams` logs what defines the experiment instead.
+            self.save_hyperparameters(logger=False)
+        # Under LightningCLI the parts arrive as their configs (class path and init args), which the
+        # checkpoint keeps, so `load_from_checkpoint` rebuilds them. Objects passed in Python cannot
+        # be stored safely: pass them again to `load_from_checkpoint(path, net=...)`.
+        self.remove_ignored_hparams([key for key in PARTS if not _is_plain(self.hparams.get(key))])
+        self.net = net if net is not None else MLP(num_classes=num_classes)
+        self.optimizer_factory: Callable[[Iterable[Any]], torch.optim.Optimizer] = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.schedule_spans_run = isinstance(lr_scheduler, RunSchedule)
         # One metric object per stage. validate_args=False: the argument checks cost more than the
         # update itself on a 64-image batch.
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False)
@@ -152,16 +204,20 @@ class MNISTClassifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def model_step(self, batch: Batch, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, training: bool = False) -> torch.Tensor:
+        """Cross-entropy, the one loss of every stage and class; label smoothing in training only."""
+        smoothing = self.hparams.label_smoothing if training else 0.0
+        return F.cross_entropy(logits, targets, label_smoothing=smoothing)
+
+    def model_step(self, batch: Batch, training: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Loss, predicted classes and targets of one batch."""
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-        return loss, logits.argmax(dim=1), y
+        return self.loss(logits, y, training), logits.argmax(dim=1), y
 
     # ------------------------------------------------------------------------------ training
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        loss, preds, y = self.model_step(batch, self.hparams.label_smoothing)
+        loss, preds, y = self.model_step(batch, training=True)
         self.log_training(loss, preds, y)
         return loss
 
@@ -226,15 +282,19 @@ class MNISTClassifier(pl.LightningModule):
             self._log_hparams_with({"hp/val_acc_best": float(best)})
 
     def experiment_hparams(self) -> dict[str, Any]:
-        """What defines this experiment, for TensorBoard's HPARAMS tab: the model's and the data's
-        hyperparameters, the seed, epochs, precision and devices; nothing internal, booleans as words."""
+        """What defines this experiment, for TensorBoard's HPARAMS tab: the model's parts with their
+        class paths and init args, its other settings, the data settings a checkpoint fixes, the
+        seed, epochs, precision and devices; nothing internal, booleans as words."""
         trainer = self.trainer
         params: dict[str, Any] = {"model.class": type(self).__name__}
-        params.update({f"model.{k}": v for k, v in self.hparams.items() if not k.startswith("_")})
+        params.update({f"model.{k}": v for k, v in part_settings(self.hparams).items()})
+        for part, given in (("net", self.net), ("optimizer", self.optimizer_factory),
+                            ("lr_scheduler", self.lr_scheduler_factory)):
+            params.setdefault(f"model.{part}", _describe(given))  # passed in Python: named, not configurable
         datamodule = trainer.datamodule
-        for key in ("dataset", "batch_size", "normalize", "deskew", "val_size", "split_seed"):
-            if datamodule is not None and key in datamodule.hparams:
-                params[f"data.{key}"] = datamodule.hparams[key]
+        settings = getattr(datamodule, "fixed_settings", None)
+        if callable(settings):
+            params.update({f"data.{k}": v for k, v in settings().items()})
         params.update({"seed": os.environ.get("PL_GLOBAL_SEED", "none"), "trainer.max_epochs": trainer.max_epochs,
                        "trainer.precision": str(trainer.precision), "trainer.devices": trainer.world_size})
         return {k: ("true" if v else "false") if isinstance(v, bool) else v if isinstance(v, int | float | str) else str(v)
@@ -257,26 +317,31 @@ class MNISTClassifier(pl.LightningModule):
         return self(batch[0]).softmax(dim=1)
 
     # ------------------------------------------------------------------------------ optimisation
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The parameters for the optimizer: weight decay on weight matrices and kernels only.
+
+        Decaying biases and batch-norm scales only fights the normalisation (the usual practice, e.g.
+        in timm and nanoGPT); the rule reads each parameter's shape, not the net's layout.
+        """
+        decayed = [p for p in self.parameters() if p.ndim >= 2]
+        undecayed = [p for p in self.parameters() if p.ndim < 2]
+        groups = [{"params": decayed}, {"params": undecayed, "weight_decay": 0.0}]
+        return [group for group in groups if group["params"]]
+
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        optimizer_class = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
-        # The fused kernel: the same Adam in one call instead of a Python loop over the parameters.
-        fused = self.device.type in ("cpu", "cuda")
-        # Weight decay on the weight matrices only: decaying biases and batch-norm scales only
-        # fights the normalisation (the usual practice, e.g. in timm and nanoGPT).
-        matrices = [p for p in self.parameters() if p.ndim >= 2]
-        others = [p for p in self.parameters() if p.ndim < 2]
-        groups = [{"params": matrices, "weight_decay": hp.weight_decay}, {"params": others, "weight_decay": 0.0}]
-        optimizer = optimizer_class(groups if hp.weight_decay else self.parameters(), lr=hp.lr, fused=fused or None)
-        if hp.lr_schedule == "none":
+        optimizer = self.optimizer_factory(self.parameter_groups())
+        make_schedule = self.lr_scheduler_factory
+        if make_schedule is None:
             return optimizer
-        total_steps = self.trainer.estimated_stepping_batches
-        if hp.lr_schedule == "onecycle":
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=total_steps,
-                                                            pct_start=hp.warmup)
+        if isinstance(make_schedule, RunSchedule):  # its length is the run's optimizer steps
+            scheduler, interval = make_schedule(optimizer, int(self.trainer.estimated_stepping_batches)), "step"
         else:
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+            scheduler, interval = make_schedule(optimizer), self.hparams.lr_scheduler_interval
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": interval}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            # pytorch_lightning.cli.ReduceLROnPlateau names its metric; torch's own watches the validation loss.
+            config["monitor"] = getattr(scheduler, "monitor", None) or "val/loss"
+        return {"optimizer": optimizer, "lr_scheduler": config}
 
     # ------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -285,13 +350,20 @@ class MNISTClassifier(pl.LightningModule):
         if "PL_GLOBAL_SEED" in os.environ:  # the data order derives from it: a resume must keep it
             checkpoint["seed"] = int(os.environ["PL_GLOBAL_SEED"])
         # `_trainer`: the public `trainer` property raises where there is none (a bare `torch.save`-style call).
-        if self._trainer is not None:  # a per-batch schedule's length derives from it (see __main__'s resume checks)
+        if self._trainer is not None:  # a RunSchedule's length derives from it (see checkpoint_settings.py)
             checkpoint["max_epochs"] = self.trainer.max_epochs
+        checkpoint["schedule_spans_run"] = self.schedule_spans_run
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._check_architecture(checkpoint)
+        # `load_from_checkpoint` rebuilt the parts from their saved configs but passed them in as
+        # objects, which __init__ does not keep: keep the configs, so a checkpoint saved again still has them.
+        saved = checkpoint.get("hyper_parameters") or {}
+        for key in PARTS:
+            if key not in self.hparams and key in saved and _is_plain(saved[key]):
+                self.hparams[key] = saved[key]
         rng = checkpoint.get("rng_state")
         # `_trainer`: a model loaded outside a Trainer (load_from_checkpoint) has none, and the public
         # `trainer` property raises there; the RNG belongs to a resumed fit only.
@@ -311,9 +383,18 @@ class MNISTClassifier(pl.LightningModule):
         missing = sorted(set(k for k in own if k.startswith("net.")) - set(theirs))
         unexpected = sorted(set(k for k in theirs if k.startswith("net.")) - set(own))
         if mismatched or missing or unexpected:
-            ckpt_hidden = checkpoint.get("hyper_parameters", {}).get("hidden_sizes")
+            saved = {k: v for k, v in part_settings(checkpoint.get("hyper_parameters") or {}).items() if k.startswith("net")}
+            described = ", ".join(f"model.{k}={v!r}" for k, v in saved.items()) or "not recorded"
             raise CheckpointError(
-                f"the checkpoint's net (hidden_sizes={ckpt_hidden}) does not match this model "
-                f"(hidden_sizes={self.hparams.hidden_sizes}): "
+                f"the checkpoint's net ({described}) does not match this model's net ({_describe(self.net)}): "
                 + "; ".join(mismatched + [f"missing {k}" for k in missing] + [f"unexpected {k}" for k in unexpected])
             )
+
+
+def _describe(part: Any) -> str:
+    """A part passed in Python, by its class (or function) path."""
+    if part is None:
+        return "none"
+    target = part if isinstance(part, type) or callable(part) and not isinstance(part, nn.Module) else type(part)
+    target = getattr(target, "func", target)  # functools.partial
+    return f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', type(target).__name__)}".lstrip(".")

@@ -1,4 +1,4 @@
-"""Everything an exact resume needs: safe checkpoint files, run folders, and the callback that saves on signals.
+"""Everything an exact resume needs: safe checkpoint files, and the callback that saves on signals.
 
 * `SafeCheckpointIO`: saves are written to a temporary name unique to the process, fsynced, then
   renamed over the final name (`write_atomically`), so a crash or a full disk never leaves a
@@ -6,70 +6,29 @@
   loads use `torch.load(weights_only=True)`, so a checkpoint carrying a pickle payload cannot run code.
 * `ResumeCheckpoint`: Lightning's `ModelCheckpoint` writing `last.ckpt` at every epoch end, plus a
   checkpoint on SIGINT/SIGTERM between batches and a stop on a non-finite loss.
-* `claim_run_dir`: a new `version_N` folder claimed atomically, so runs started at the same moment
-  never share one.
 """
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 import pickle
-import shutil
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint
 
-from mnist_lightning.errors import CheckpointError
+from mnist_lightning.atomic import write_atomically
+from mnist_lightning.commands import mnist_command
+from mnist_lightning.errors import CheckpointError, first_line
 
 LAST_CHECKPOINT = "last.ckpt"
-RUN_PREFIX = "version_"
-
-
-def python_command() -> str:
-    """How to name this interpreter in a command printed for the user, so that it runs when pasted:
-    `python` where that is this interpreter (an activated venv), else its path (e.g. `.venv/bin/python`)."""
-    found = shutil.which("python")
-    if found and os.path.realpath(found) == os.path.realpath(sys.executable):
-        return "python"
-    executable = Path(sys.executable)
-    try:
-        return str(executable.relative_to(Path.cwd()))
-    except ValueError:
-        return str(executable)
-
-
-def first_line(err: BaseException) -> str:
-    """The first line of an exception's message, or its type where the message is empty."""
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
-
-
-def write_atomically(path: Path, write: Callable[[IO[bytes]], None], what: str = "file") -> None:
-    """Write `path` through `write(f)` into `<path>.<pid>.tmp`, fsync, then rename: all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        advice = {errno.ENOSPC: " Free some space and run again.", errno.EDQUOT: " Free some space and run again.",
-                  errno.EACCES: " Fix the folder's permissions or choose another path.",
-                  errno.EROFS: " The file system is read-only: choose another path."}.get(err.errno, "")
-        raise CheckpointError(f"could not write {what} {path}: {err.strerror or first_line(err)}.{advice}") from err
 
 
 def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu", allow_bare_state_dict: bool = False) -> dict[str, Any]:
@@ -163,24 +122,6 @@ def _pid_alive(tmp: Path) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def claim_run_dir(root: Path) -> int:
-    """Create the next free `version_N` under `root` with one atomic mkdir and return N.
-
-    TensorBoardLogger picks the next number by listing the folder, so two runs started together
-    pick the same one; `mkdir` succeeds for exactly one of them, and the other takes the next.
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    taken = [int(p.name[len(RUN_PREFIX):]) for p in root.iterdir() if p.name.startswith(RUN_PREFIX)
-             and p.name[len(RUN_PREFIX):].isdigit()]
-    n = max(taken, default=-1) + 1
-    while True:
-        try:
-            (root / f"{RUN_PREFIX}{n}").mkdir()
-            return n
-        except FileExistsError:
-            n += 1
 
 
 class TrainingInterrupted(SystemExit):
@@ -301,7 +242,7 @@ class ResumeCheckpoint(Checkpoint):
             config = Path(trainer.log_dir or ".") / "config.yaml"
             print(
                 f"{signal.Signals(signum).name} received {when} {self.path(trainer)}. "
-                f"Resume with: {python_command()} -m mnist_lightning fit --config {config} --ckpt_path last",
+                f"Resume with: {mnist_command('fit', '--config', config, '--ckpt_path', 'last')}",
                 file=sys.stderr,
                 flush=True,
             )

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from functools import partial
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -33,7 +35,7 @@ from torch.nn import functional as F
 from torchmetrics import MaxMetric, MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from mnist_lightning.errors import CheckpointError, UserInputError
+from mnist_lightning.errors import CheckpointError, UserInputError, first_line
 from mnist_lightning.schedules import RunSchedule
 
 IMAGE_PIXELS = 28 * 28
@@ -329,14 +331,16 @@ class MNISTClassifier(pl.LightningModule):
         return [group for group in groups if group["params"]]
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameter_groups())
+        with _refusal_named("model.optimizer", self.optimizer_factory):
+            optimizer = self.optimizer_factory(self.parameter_groups())
         make_schedule = self.lr_scheduler_factory
         if make_schedule is None:
             return optimizer
-        if isinstance(make_schedule, RunSchedule):  # its length is the run's optimizer steps
-            scheduler, interval = make_schedule(optimizer, int(self.trainer.estimated_stepping_batches)), "step"
-        else:
-            scheduler, interval = make_schedule(optimizer), self.hparams.lr_scheduler_interval
+        with _refusal_named("model.lr_scheduler", make_schedule):
+            if isinstance(make_schedule, RunSchedule):  # its length is the run's optimizer steps
+                scheduler, interval = make_schedule(optimizer, int(self.trainer.estimated_stepping_batches)), "step"
+            else:
+                scheduler, interval = make_schedule(optimizer), self.hparams.lr_scheduler_interval
         config: dict[str, Any] = {"scheduler": scheduler, "interval": interval}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             # pytorch_lightning.cli.ReduceLROnPlateau names its metric; torch's own watches the validation loss.
@@ -391,10 +395,21 @@ class MNISTClassifier(pl.LightningModule):
             )
 
 
+@contextmanager
+def _refusal_named(key: str, part: Any) -> Iterator[None]:
+    """An optimizer or scheduler that refuses its arguments (torch checks them as it is built) is the
+    user's setting, not a bug: one line naming the setting."""
+    try:
+        yield
+    except (ValueError, TypeError) as err:
+        raise UserInputError(f"{key} ({_describe(part)}) refused its arguments: {first_line(err)}") from err
+
+
 def _describe(part: Any) -> str:
     """A part passed in Python, by its class (or function) path."""
     if part is None:
         return "none"
     target = part if isinstance(part, type) or callable(part) and not isinstance(part, nn.Module) else type(part)
-    target = getattr(target, "func", target)  # functools.partial
+    if isinstance(target, partial):  # yours, or LightningCLI's (jsonargparse passes the class as an argument)
+        target = next((a for a in target.args if isinstance(a, type)), target.func)
     return f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', type(target).__name__)}".lstrip(".")

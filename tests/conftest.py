@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
+import logging
 import os
 import re
+import signal
 import subprocess
 import sys
+import traceback
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +74,53 @@ def tiny_data(tmp_path: Path) -> Path:
     return write_idx_dataset(tmp_path / "tiny")
 
 
+@pytest.fixture(scope="session")
+def shared_tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny dataset written once per test process, for tests that only read it."""
+    return write_idx_dataset(tmp_path_factory.mktemp("shared") / "tiny")
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A finished `fit` run: its working folder, run folder, checkpoints and what fit printed."""
+
+    workdir: Path
+    data_dir: Path
+    stdout: str
+
+    @property
+    def run_dir(self) -> Path:
+        return self.workdir / "lightning_logs" / "version_0"
+
+    @property
+    def last(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.ckpt"
+
+    @property
+    def best(self) -> Path:
+        return self.workdir / re.search(r"Best checkpoint \(val/acc [0-9.]+\): (\S+)", self.stdout).group(1)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, shared_tiny_data: Path) -> TrainedRun:
+    """One 2-epoch fit of the default config on the tiny data, trained once per test process and shared
+    by the tests that only read a trained run (test, predict, export, load_from_checkpoint). A test that
+    writes into the run takes `trained_run_copy` instead."""
+    workdir = tmp_path_factory.mktemp("trained")
+    fit = run_cli("fit", "--data.data_dir", str(shared_tiny_data), *TINY_ARGS, "--trainer.max_epochs", "2", cwd=workdir)
+    assert fit.returncode == 0, fit.stderr
+    return TrainedRun(workdir, shared_tiny_data, fit.stdout)
+
+
+@pytest.fixture
+def trained_run_copy(trained_run: TrainedRun, tmp_path: Path) -> TrainedRun:
+    """A private copy of `trained_run` (run folder and all), for tests that add to or change the run."""
+    import shutil
+
+    shutil.copytree(trained_run.workdir / "lightning_logs", tmp_path / "lightning_logs")
+    return TrainedRun(tmp_path, trained_run.data_dir, trained_run.stdout)
+
+
 @pytest.fixture
 def real_data() -> Path:
     if not (REAL_DATA_DIR / "train-images-idx3-ubyte.gz").is_file():
@@ -74,13 +128,95 @@ def real_data() -> Path:
     return REAL_DATA_DIR
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m mnist_lightning ARGS` in `cwd`, the way a user does."""
-    full_env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **(env or {})}
+@dataclass
+class CliResult:
+    """What a command returned, as `subprocess.CompletedProcess` has it."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    args: tuple[str, ...] = ()
+
+
+def run_process(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m mnist_lightning ARGS` in a new process in `cwd`: for tests whose subject is the
+    process itself (exit codes, signals, console output, DDP launches, printed commands pasted into a shell)."""
     return subprocess.run(
         [sys.executable, "-m", "mnist_lightning", *args],
-        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd, env=_process_env(env), capture_output=True, text=True, timeout=timeout,
     )
+
+
+def _process_env(env: dict | None) -> dict[str, str]:
+    """This environment with `env` on top, and the project (plus any PYTHONPATH of `env`) importable."""
+    extra = dict(env or {})
+    paths = [str(PROJECT_ROOT), *(p for p in extra.pop("PYTHONPATH", "").split(os.pathsep) if p)]
+    return {**os.environ, **extra, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
+
+
+
+
+@contextmanager
+def _console_into(out: io.StringIO, err: io.StringIO) -> Iterator[None]:
+    """Point stdout/stderr, and the logging handlers that Lightning bound to them at import, into buffers."""
+    streams = {id(sys.stdout): out, id(sys.stderr): err, id(sys.__stdout__): out, id(sys.__stderr__): err}
+    moved = []
+    for logger in [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values()
+                                          if isinstance(v, logging.Logger))]:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and id(handler.stream) in streams:
+                moved.append((handler, handler.setStream(streams[id(handler.stream)])))
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            yield
+    finally:
+        for handler, stream in moved:
+            handler.setStream(stream)
+
+
+def run_cli(*args: str, cwd: Path, timeout: float | None = None, env: dict | None = None) -> CliResult:
+    """Run `python -m mnist_lightning ARGS` in this process, in `cwd`: the same `main()` the process runs
+    (`mnist_lightning.__main__`), with its exit code, stdout and stderr, and no process start-up (seconds
+    of imports) per call. What a run changes process-wide (working folder, environment, torch's thread
+    count, signal handlers, sys.argv, sys.path and the user modules it imported) is put back afterwards.
+
+    `env["PYTHONPATH"]` entries (e.g. a folder with a user's own net) are put on sys.path for the call.
+    `timeout` is accepted for the signature's sake: an in-process run cannot be stopped from outside.
+    """
+    from mnist_lightning.__main__ import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_argv, saved_path = dict(os.environ), list(sys.argv), list(sys.path)
+    saved_modules, saved_cwd, threads = set(sys.modules), os.getcwd(), torch.get_num_threads()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    extra_paths = [p for p in (env or {}).get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ.update({k: v for k, v in (env or {}).items() if k != "PYTHONPATH"})
+    sys.path[:0] = extra_paths
+    sys.argv = ["python -m mnist_lightning", *args]  # what LightningCLI reads, as in the real process
+    os.chdir(cwd)
+    code = 0
+    try:
+        with _console_into(out, err):
+            try:
+                main()
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            except BaseException:  # as the interpreter would: the traceback on stderr, exit code 1
+                traceback.print_exc(file=err)
+                code = 1
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.argv, sys.path[:] = saved_argv, saved_path
+        torch.set_num_threads(threads)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        for name in set(sys.modules) - saved_modules:  # a user's net module from a test's own folder
+            module_file = getattr(sys.modules[name], "__file__", None) or ""
+            if any(module_file.startswith(p) for p in extra_paths):
+                del sys.modules[name]
+    return CliResult(code, out.getvalue(), err.getvalue(), tuple(args))
 
 
 # Arguments that make a CLI run on tiny fake data small and quiet.
@@ -91,9 +227,8 @@ TINY_ARGS = ("--data.verify", "false", "--data.val_size", "100", "--trainer.enab
 def start_cli(*args: str, cwd: Path, log: Path, env: dict | None = None) -> subprocess.Popen:
     """Start `python -m mnist_lightning ARGS` in `cwd`, in a process group of its own (so a test can kill it
     whole with os.killpg), stdout and stderr into `log`."""
-    full_env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **(env or {})}
     with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "mnist_lightning", *args], cwd=cwd, env=full_env,
+        return subprocess.Popen([sys.executable, "-m", "mnist_lightning", *args], cwd=cwd, env=_process_env(env),
                                 stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 

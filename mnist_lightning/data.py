@@ -71,7 +71,7 @@ class MNISTDataModule(pl.LightningDataModule):
         verify: check the files against the official checksums and sizes. Turn off only for
             deliberately custom files (e.g. a subset).
         predict_path: an image file or folder of images to classify in ``predict`` instead of the
-            test set (see ``mnist_lightning.predict`` for the preprocessing).
+            test set (see ``mnist_lightning.images`` for the preprocessing).
     """
 
     # What a checkpoint fixes, declared once (mnist_lightning.checkpoint_settings reads these): evaluation

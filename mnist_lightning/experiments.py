@@ -646,7 +646,7 @@ def run_seed(seed: int, fit_args: Sequence[str]) -> SeedRun:
     seconds = time.perf_counter() - start
     checkpoint = next((c for c in fit.trainer.checkpoint_callbacks if getattr(c, "best_model_path", "")), None)
     if checkpoint is None or checkpoint.monitor != "val/acc" or checkpoint.best_model_score is None:
-        raise UserInputError("seeds tests the best checkpoint by val/acc: the config needs configs/default.yaml's "
+        raise UserInputError("seeds tests the best checkpoint by val/acc: the config needs the default config's "
                              "ModelCheckpoint (monitor val/acc) and at least one validation.")
     test_args = shlex.split(fit.test_command(checkpoint.best_model_path))[3:]  # after `<python> -m mnist_lightning`
     progress = fit.config.fit.trainer.get("enable_progress_bar")

@@ -1,6 +1,6 @@
 """TensorBoard figures at the end of each validation epoch: what the net gets wrong, at a glance.
 
-Add `ValidationFigures` to the trainer's callbacks (configs/default.yaml does) and open the IMAGES
+Add `ValidationFigures` to the trainer's callbacks (the default config, mnist_lightning/default.yaml, does) and open the IMAGES
 tab of `tensorboard --logdir lightning_logs`:
 
 * ``val/predictions``: the first validation images (the same ones every epoch), each labelled

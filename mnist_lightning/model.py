@@ -206,6 +206,21 @@ class MNISTClassifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def setup(self, stage: str) -> None:
+        """Refuse, before any step, a net whose output is not one logit per class."""
+        was_training = self.net.training
+        try:
+            with torch.no_grad():
+                self.net.eval()  # no dropout draws, no batch-norm statistics updated
+                probe = torch.zeros(2, 1, 28, 28, device=next(self.net.parameters(), torch.empty(0)).device)
+                shape = tuple(self.net(probe).shape)
+        finally:
+            self.net.train(was_training)
+        classes = self.hparams.num_classes
+        if shape != (2, classes):
+            raise UserInputError(f"model.net maps a batch (2, 1, 28, 28) to shape {shape}; it must return logits "
+                                 f"(2, {classes}), one per class of the data. Size its last layer with num_classes.")
+
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, training: bool = False) -> torch.Tensor:
         """Cross-entropy, the one loss of every stage and class; label smoothing in training only."""
         smoothing = self.hparams.label_smoothing if training else 0.0

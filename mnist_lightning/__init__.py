@@ -5,8 +5,9 @@
     from mnist_lightning import MNISTClassifier
     model = MNISTClassifier.load_from_checkpoint("lightning_logs/version_0/checkpoints/last.ckpt")
 
-Both module classes are imported here: Lightning rebuilds a checkpoint's class only when it is
-already imported, so `load_from_checkpoint` works for either.
+`load_from_checkpoint` rebuilds the injected net from the checkpoint (its module must be importable).
+A `FastMNISTClassifier` checkpoint loads as that class through `FastMNISTClassifier.load_from_checkpoint`;
+`MNISTClassifier.load_from_checkpoint` gives the idiomatic class with the same net and weights.
 """
 
 from mnist_lightning.data import MNISTDataModule

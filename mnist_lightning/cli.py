@@ -190,13 +190,19 @@ class MNISTLightningCLI(LightningCLI):
             self.config = self.parser.parse_object({self.subcommand: {"data": inherited}}, self.config)
 
     def defaults(self, subcommand: str) -> Namespace:
-        """A subcommand's values with nothing given: the default config over the classes' defaults."""
-        return self.parser.parse_args([subcommand])[subcommand]
+        """A subcommand's values with nothing given: the default config over the classes' defaults (parsed once)."""
+        cache = self.__dict__.setdefault("_defaults", {})
+        if subcommand not in cache:
+            cache[subcommand] = self.parser.parse_args([subcommand])[subcommand]
+        return copy.deepcopy(cache[subcommand])
 
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except (MemoryError, RuntimeError) as err:
+        except (MemoryError, RuntimeError, ValueError) as err:
+            mistake = _user_mistake_in(err)  # jsonargparse wraps what a class raised in its own ValueError
+            if mistake is not None:
+                raise mistake from None
             if isinstance(err, MemoryError) or "can't allocate memory" in str(err) or "out of memory" in str(err):
                 raise UserInputError(f"building the model ran out of memory ({first_line(err)}): the net is larger "
                                      "than this machine can hold. Choose a smaller one.") from None
@@ -280,6 +286,18 @@ class MNISTLightningCLI(LightningCLI):
         return mnist_command(*args)
 
 
+def _user_mistake_in(err: BaseException) -> UserInputError | None:
+    """The project's own bad-input error behind `err` (its cause or context), if there is one."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, UserInputError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def check_net_takes_num_classes(config: Namespace) -> None:
     """The CLI sets the net's `num_classes` from the data: refuse, naming the fix, a net class without it."""
     net = config.get("model", Namespace()).get("init_args", Namespace()).get("net")
@@ -297,6 +315,12 @@ def check_net_takes_num_classes(config: Namespace) -> None:
         raise UserInputError(
             f"model.net {class_path} takes no num_classes argument: the CLI gives every net the data's number of "
             f"classes. Add `num_classes: int = 10` to {name}.__init__ and size its last layer with it.")
+    if list(parameters) == ["num_classes"]:
+        # LightningCLI 2.6 records a linked argument only inside the net's other init args, and asserts
+        # (pytorch_lightning.cli._set_dict_nested) when there are none; say so instead of its AssertionError.
+        raise UserInputError(
+            f"model.net {class_path} takes num_classes and nothing else, a case LightningCLI 2.6 cannot save the "
+            f"config of: give {name}.__init__ one more argument (e.g. `width: int = 8`), even an unused one.")
 
 
 class _DropAdverts(logging.Filter):

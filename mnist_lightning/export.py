@@ -39,6 +39,7 @@ from torch import nn
 from mnist_lightning.atomic import write_atomically
 from mnist_lightning.deskew import Deskew
 from mnist_lightning.errors import CheckpointError, UserInputError, first_line
+from mnist_lightning.fast import FastMNISTClassifier  # noqa: F401 - imported, so checkpoint_class finds it
 from mnist_lightning.idx import DATASETS
 from mnist_lightning.model import MNISTClassifier
 from mnist_lightning.resume import load_checkpoint_file
@@ -53,6 +54,20 @@ CHECK_TOLERANCE = 1e-4
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
 
+def checkpoint_class(hparams: dict[str, Any]) -> type[MNISTClassifier]:
+    """The imported MNISTClassifier (sub)class that wrote the checkpoint, by LightningCLI's `_class_path`.
+
+    `MNISTClassifier.load_from_checkpoint` keeps only the arguments its own `__init__` takes, so a
+    subclass's checkpoint must be loaded through the subclass to come back as one.
+    """
+    classes, todo = [], [MNISTClassifier]
+    while todo:
+        classes.append(todo.pop())
+        todo += classes[-1].__subclasses__()
+    wanted = hparams.get("_class_path")
+    return next((c for c in classes if f"{c.__module__}.{c.__qualname__}" == wanted), MNISTClassifier)
+
+
 def load_model(ckpt_path: str | Path) -> tuple[MNISTClassifier, dict[str, Any]]:
     """The checkpoint's LightningModule, its injected net rebuilt, and the datamodule hyperparameters.
 
@@ -62,11 +77,12 @@ def load_model(ckpt_path: str | Path) -> tuple[MNISTClassifier, dict[str, Any]]:
     net of the user's own comes back as long as its module is importable.
     """
     checkpoint = load_checkpoint_file(ckpt_path)
+    cls = checkpoint_class(checkpoint.get("hyper_parameters") or {})
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     buffer.seek(0)
     try:
-        model = MNISTClassifier.load_from_checkpoint(buffer, map_location="cpu", weights_only=True)
+        model = cls.load_from_checkpoint(buffer, map_location="cpu", weights_only=True)
     except (ImportError, RuntimeError, TypeError, KeyError, ValueError) as err:
         if isinstance(err, CheckpointError):
             raise

@@ -334,12 +334,17 @@ class MNISTClassifier(pl.LightningModule):
         return self(batch[0]).softmax(dim=1)
 
     # ------------------------------------------------------------------------------ optimisation
-    def parameter_groups(self) -> list[dict[str, Any]]:
+    def parameter_groups(self) -> list[dict[str, Any]] | Iterable[nn.Parameter]:
         """The parameters for the optimizer: weight decay on weight matrices and kernels only.
 
         Decaying biases and batch-norm scales only fights the normalisation (the usual practice, e.g.
-        in timm and nanoGPT); the rule reads each parameter's shape, not the net's layout.
+        in timm and nanoGPT); the rule reads each parameter's shape, not the net's layout. An
+        optimizer that does not decay gets one group, as torch's own default does (and one
+        learning-rate curve in TensorBoard).
         """
+        probe = self.optimizer_factory([nn.Parameter(torch.zeros(1))])  # asks the optimizer its defaults
+        if not probe.defaults.get("weight_decay"):
+            return self.parameters()
         decayed = [p for p in self.parameters() if p.ndim >= 2]
         undecayed = [p for p in self.parameters() if p.ndim < 2]
         groups = [{"params": decayed}, {"params": undecayed, "weight_decay": 0.0}]

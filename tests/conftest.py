@@ -27,6 +27,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TESTS_DIR = Path(__file__).resolve().parent
 REAL_DATA_DIR = (PROJECT_ROOT / ".." / "shared" / "data" / "mnist").resolve()
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -190,6 +191,9 @@ def run_cli(*args: str, cwd: Path, timeout: float | None = None, env: dict | Non
     saved_modules, saved_cwd, threads = set(sys.modules), os.getcwd(), torch.get_num_threads()
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     extra_paths = [p for p in (env or {}).get("PYTHONPATH", "").split(os.pathsep) if p]
+    # Folders of a test's own modules: not the project (the venv lives inside it) nor the tests folder.
+    user_roots = [Path(p).resolve() for p in extra_paths
+                  if not PROJECT_ROOT.is_relative_to(Path(p).resolve()) and Path(p).resolve() != TESTS_DIR]
     os.environ.update({k: v for k, v in (env or {}).items() if k != "PYTHONPATH"})
     sys.path[:0] = extra_paths
     sys.argv = ["python -m mnist_lightning", *args]  # what LightningCLI reads, as in the real process
@@ -213,8 +217,8 @@ def run_cli(*args: str, cwd: Path, timeout: float | None = None, env: dict | Non
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
         for name in set(sys.modules) - saved_modules:  # a user's net module from a test's own folder
-            module_file = getattr(sys.modules[name], "__file__", None) or ""
-            if any(module_file.startswith(p) for p in extra_paths):
+            module_file = getattr(sys.modules[name], "__file__", None)
+            if module_file and any(Path(module_file).resolve().is_relative_to(root) for root in user_roots):
                 del sys.modules[name]
     return CliResult(code, out.getvalue(), err.getvalue(), tuple(args))
 

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_ARGS, run_cli, write_idx_dataset
+from conftest import TINY_ARGS, run_cli
 from PIL import Image
 
 from mnist_lightning import MNISTDataModule
 from mnist_lightning.deskew import Deskew, deskew
 from mnist_lightning.export import load_net
 from mnist_lightning.idx import DATASETS, load_split
-from mnist_lightning.predict import ImageFolderDigits, to_mnist
+from mnist_lightning.images import ImageFolderDigits, to_mnist
 from mnist_lightning.resume import load_checkpoint_file
 
 
@@ -82,9 +82,9 @@ def test_the_official_test_digits_lose_their_slant_and_keep_their_ink(real_data:
 
 
 @pytest.mark.parametrize("pipeline", ["memory", "torchvision"])
-def test_every_split_of_a_deskewed_datamodule_is_the_deskewed_original(tiny_data: Path, pipeline: str) -> None:
+def test_every_split_of_a_deskewed_datamodule_is_the_deskewed_original(shared_tiny_data: Path, pipeline: str) -> None:
     def datamodule(**kwargs) -> MNISTDataModule:
-        dm = MNISTDataModule(data_dir=str(tiny_data), verify=False, val_size=100, pipeline=pipeline, **kwargs)
+        dm = MNISTDataModule(data_dir=str(shared_tiny_data), verify=False, val_size=100, pipeline=pipeline, **kwargs)
         dm.setup("fit")
         dm.setup("test")
         return dm
@@ -112,8 +112,8 @@ def test_your_own_images_are_deskewed_like_the_training_digits(tmp_path: Path) -
     assert slant_and_centre(straightened.images)[0].abs().max() < 0.03 < slant_and_centre(plain.images)[0].abs().min()
 
 
-def test_the_export_layer_deskews_scaled_input_as_the_data_does(tiny_data: Path) -> None:
-    images, _ = load_split(tiny_data, DATASETS["mnist"], train=False, verify_checksum=False)
+def test_the_export_layer_deskews_scaled_input_as_the_data_does(shared_tiny_data: Path) -> None:
+    images, _ = load_split(shared_tiny_data, DATASETS["mnist"], train=False, verify_checksum=False)
     mean, std = DATASETS["mnist"].mean, DATASETS["mnist"].std
     scaled = ((images.float() / 255 - mean) / std).unsqueeze(1)
     expected = ((deskew(images).float() / 255 - mean) / std).unsqueeze(1)
@@ -128,15 +128,15 @@ def test_the_export_layer_deskews_scaled_input_as_the_data_does(tiny_data: Path)
 
 # ------------------------------------------------------------------------------ through the real entry point
 @pytest.fixture(scope="module")
-def deskewed_run(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """(working folder, data folder, last checkpoint) of a short run trained on deskewed, normalised digits."""
+def deskewed_run(tmp_path_factory, shared_tiny_data: Path) -> tuple[Path, Path, Path]:
+    """(working folder, data folder, last checkpoint) of a short run trained on deskewed, normalised digits.
+    (The shared default run serves none of these tests: it neither deskews nor normalises.)"""
     workdir = tmp_path_factory.mktemp("deskew")
-    data = write_idx_dataset(workdir / "data")
-    result = run_cli("fit", "--data.data_dir", str(data), *TINY_ARGS, "--trainer.max_epochs", "1",
-                     "--data.deskew", "true", "--data.normalize", "true", "--model.batch_norm", "true",
+    result = run_cli("fit", "--data.data_dir", str(shared_tiny_data), *TINY_ARGS, "--trainer.max_epochs", "1",
+                     "--data.deskew", "true", "--data.normalize", "true", "--model.net.init_args.batch_norm", "true",
                      "--torch_threads", "1", cwd=workdir)
     assert result.returncode == 0, result.stderr
-    return workdir, data, workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    return workdir, shared_tiny_data, workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
 
 
 def test_test_inherits_deskewing_from_the_checkpoint_and_refuses_to_drop_it(deskewed_run) -> None:

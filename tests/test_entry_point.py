@@ -1,5 +1,9 @@
-"""The entry point: plain interpreter exit, no global state changed by importing the package, and the
-NVML fix applied by `python -m mnist_lightning` only, where it changes no answer."""
+"""The entry point: plain interpreter exit, no global state changed by importing the package, the
+NVML fix applied by `python -m mnist_lightning` only, where it changes no answer, and the line between
+a user's mistake (one line, exit code 2) and a bug (its traceback).
+
+The first three are about the process (its environment, its imports, its exit), so they start one;
+the mistake/bug split is main()'s, tested in this process with `run_cli`."""
 
 from __future__ import annotations
 
@@ -70,14 +74,15 @@ def test_the_nvml_fix_removes_the_failed_library_loads_of_every_adam_step_and_ke
     assert cuda_after == cuda_before  # the same answer to "is CUDA available?"
 
 
-def test_a_command_ends_with_a_plain_interpreter_exit(tiny_data, tmp_path):
-    """atexit handlers of the interpreter run after a command: nothing ends the process by hand."""
+def test_a_command_ends_with_a_plain_interpreter_exit(shared_tiny_data, tmp_path):
+    """atexit handlers of the interpreter run after a command: nothing ends the process by hand.
+    A real process: its exit is the subject."""
     marker = tmp_path / "atexit-ran"
     code = (
         "import atexit, sys\n"
         f"atexit.register(lambda: open({str(marker)!r}, 'w').write('yes'))\n"
         "from mnist_lightning.__main__ import run\n"
-        f"sys.argv = ['mnist_lightning', 'fit', '--data.data_dir', {str(tiny_data)!r}, "
+        f"sys.argv = ['mnist_lightning', 'fit', '--data.data_dir', {str(shared_tiny_data)!r}, "
         + ", ".join(repr(a) for a in TINY_ARGS) + ", '--trainer.max_epochs', '1']\n"
         "run()\n"
     )
@@ -87,7 +92,49 @@ def test_a_command_ends_with_a_plain_interpreter_exit(tiny_data, tmp_path):
     assert marker.read_text() == "yes"
 
 
-def test_a_users_mistake_exits_2_with_one_line(tmp_path):
-    result = run_cli("fit", "--model.lr", "-1", cwd=tmp_path)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "lr" in result.stderr
+# What Lightning logs on stderr as a run starts, before any mistake can show: not part of the message.
+LIGHTNING_STARTUP = ("Seed set to ", "GPU available: ", "TPU available: ", "HPU available: ")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--model.optimizer.init_args.lr", "-1"), "model.optimizer (torch.optim.adam.Adam) refused its arguments: "
+                                               "Invalid learning rate"),  # found inside Lightning's fit
+    (("--torch_threads", "0"), "torch_threads must be >= 1"),  # found while parsing, before anything starts
+], ids=["lr", "threads"])
+def test_a_users_mistake_exits_2_with_one_line(args, message, shared_tiny_data, tmp_path):
+    result = run_cli("fit", "--data.data_dir", str(shared_tiny_data), *TINY_ARGS, *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines and lines[-1].startswith("error: ") and message in lines[-1], result.stderr
+    # The message is that one line; before it only Lightning's start-up lines: no traceback, no second line.
+    assert all(line.startswith(LIGHTNING_STARTUP) for line in lines[:-1]), result.stderr
+
+
+BOOM_NETS = '''
+import torch
+from torch import nn
+
+
+class Boom(nn.Module):
+    """A net with a bug: its forward raises. (`width` too: a net whose only argument is num_classes
+    trips the CLI before training, see tests/test_user_parts.py.)"""
+
+    def __init__(self, width: int = 8, num_classes: int = 10):
+        super().__init__()
+        self.head = nn.Linear(28 * 28, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("boom")
+'''
+
+
+def test_a_bug_keeps_its_traceback(shared_tiny_data, tmp_path):
+    """Not a user's mistake (a user net's forward raises): not turned into an `error:` line, so it can be fixed."""
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "boom_nets.py").write_text(BOOM_NETS)
+    result = run_cli("fit", "--data.data_dir", str(shared_tiny_data), *TINY_ARGS, "--trainer.max_epochs", "1",
+                     "--model.net", "boom_nets.Boom", cwd=tmp_path, env={"PYTHONPATH": str(user)})
+    assert result.returncode not in (0, 2), result.stderr
+    assert "Traceback (most recent call last)" in result.stderr and "RuntimeError: boom" in result.stderr
+    assert not any(line.startswith("error: ") for line in result.stderr.splitlines()), result.stderr

@@ -1,53 +1,102 @@
 """Export: TorchScript and ONNX files that take a float batch (N, 1, 28, 28) of any N and return the
-checkpoint's logits within 1e-5; bad inputs are one clear message and exit code 2."""
+checkpoint's logits within 1e-5, whatever the module class or the net; bad inputs are one clear message
+and exit code 2."""
 
 from __future__ import annotations
 
 import errno
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_ARGS, run_cli, write_idx_dataset
+from conftest import PROJECT_ROOT, TINY_ARGS, TrainedRun, run_cli
 
-from mnist_lightning import export, resume
+from mnist_lightning import atomic, export
 from mnist_lightning.data import MNISTDataModule
-from mnist_lightning.model import MNISTClassifier
+from mnist_lightning.fast import FastMNISTClassifier
+from mnist_lightning.model import MLP, MNISTClassifier
 from mnist_lightning.resume import load_checkpoint_file
 
 TOLERANCE = 1e-5
+CNN_MODULE = "export_test_cnn"  # a user's own net: a module outside the package, found on PYTHONPATH
+CNN_SOURCE = '''
+"""A user's small CNN, not an MLP: the export must not assume the default net."""
+import torch
+from torch import nn
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, num_classes: int = 10, width: int = 4):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4))
+        self.head = nn.Linear(width * 7 * 7, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+'''
+
+
+def _fit(workdir: Path, data: Path, *extra: str, config: Path | None = None, env: dict | None = None) -> Path:
+    """One epoch on the shared tiny data in `workdir` (`config` stacked first); its last checkpoint."""
+    stacked = ("--config", str(config)) if config is not None else ()
+    result = run_cli("fit", *stacked, "--data.data_dir", str(data), *TINY_ARGS, "--trainer.max_epochs", "1", *extra,
+                     cwd=workdir, env=env)
+    assert result.returncode == 0, result.stderr
+    return workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+def _test_images(data: Path, normalize: bool = False) -> torch.Tensor:
+    """The tiny test images, scaled as a run with `normalize` scales them."""
+    dm = MNISTDataModule(data_dir=str(data), verify=False, normalize=normalize)
+    dm.setup("test")
+    return dm.test_set.__getitems__(list(range(len(dm.test_set))))[0]
+
+
+def _torchscript(path: Path) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream
+        return torch.jit.load(str(path))
+
+
+def _onnx_runner(path: Path):
+    """The .onnx file as a function of a batch, through onnxruntime; skips the test without it."""
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the optional dependency for the ONNX check")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert inp.shape[1:] == [1, 28, 28] and not isinstance(inp.shape[0], int)  # a dynamic batch dimension
+    return lambda x: torch.from_numpy(session.run([out.name], {inp.name: x.numpy()})[0])
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    """(data folder, checkpoint) of a net where eval mode matters: batch norm and dropout, two hidden layers."""
-    workdir = tmp_path_factory.mktemp("export")
-    data = write_idx_dataset(workdir / "data")
-    result = run_cli("fit", "--data.data_dir", str(data), *TINY_ARGS, "--trainer.max_epochs", "1",
-                     "--model.hidden_sizes", "[32, 16]", "--model.batch_norm", "true", "--model.dropout", "0.3",
-                     "--data.normalize", "true", "--torch_threads", "1", cwd=workdir)
-    assert result.returncode == 0, result.stderr
-    return data, workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+def trained(tmp_path_factory, shared_tiny_data: Path) -> tuple[Path, Path]:
+    """(data folder, checkpoint) of a net where eval mode matters: batch norm and dropout, two hidden layers,
+    normalised input. (The shared default run has none of these.)"""
+    ckpt = _fit(tmp_path_factory.mktemp("export"), shared_tiny_data, "--model.net.init_args.hidden_sizes", "[32, 16]",
+                "--model.net.init_args.batch_norm", "true", "--model.net.init_args.dropout", "0.3",
+                "--data.normalize", "true")
+    return shared_tiny_data, ckpt
 
 
 @pytest.fixture(scope="module")
 def reference(trained) -> tuple[torch.Tensor, torch.Tensor]:
-    """The tiny test images, as the run scaled them, and the checkpoint's MNISTClassifier logits for them."""
+    """The tiny test images, as the run scaled them, and the logits of the checkpoint's weights in an MLP
+    built here by hand (not by the export's loading code), in eval mode."""
     data, ckpt = trained
     checkpoint = load_checkpoint_file(ckpt)
-    model = MNISTClassifier(**{k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")})
-    model.load_state_dict(checkpoint["state_dict"])
-    dm = MNISTDataModule(data_dir=str(data), verify=False, normalize=True)
-    dm.setup("test")
-    images, _ = dm.test_set.__getitems__(list(range(len(dm.test_set))))
+    saved_net = checkpoint["hyper_parameters"]["net"]
+    assert saved_net["class_path"] == "mnist_lightning.model.MLP", saved_net
+    net = MLP(**saved_net["init_args"])
+    net.load_state_dict({k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")})
+    images = _test_images(data, normalize=True)
     with torch.no_grad():
-        return images, model.eval()(images)
+        return images, net.eval()(images)
 
 
-def _export(workdir: Path, *args: str):
-    return run_cli("export", *args, cwd=workdir)
+def _export(workdir: Path, *args: str, env: dict | None = None):
+    return run_cli("export", *args, cwd=workdir, env=env)
 
 
 def test_torchscript_reproduces_the_checkpoint(trained, reference, tmp_path: Path) -> None:
@@ -57,39 +106,33 @@ def test_torchscript_reproduces_the_checkpoint(trained, reference, tmp_path: Pat
     assert "Wrote torchscript model out/mnist.pt" in result.stdout
     assert "(pixels / 255 - 0.1307) / 0.3081" in result.stdout  # the run normalised: the export says so
     images, logits = reference
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream
-        model = torch.jit.load(str(tmp_path / "out" / "mnist.pt"))
+    model = _torchscript(tmp_path / "out" / "mnist.pt")
     with torch.no_grad():
         for batch in (1, 7, len(images)):
             assert torch.allclose(model(images[:batch]), logits[:batch], atol=TOLERANCE, rtol=0), batch
 
 
 def test_onnx_reproduces_the_checkpoint(trained, reference, tmp_path: Path) -> None:
-    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the optional dependency for the ONNX check")
+    pytest.importorskip("onnxruntime", reason="onnxruntime is the optional dependency for the ONNX check")
     _, ckpt = trained
     result = _export(tmp_path, "--ckpt_path", str(ckpt), "--format", "onnx", "--output", "mnist.onnx")
     assert result.returncode == 0, result.stderr
     assert "logits match the checkpoint's" in result.stdout
-    session = ort.InferenceSession(str(tmp_path / "mnist.onnx"), providers=["CPUExecutionProvider"])
-    (inp,), (out,) = session.get_inputs(), session.get_outputs()
-    assert inp.shape[1:] == [1, 28, 28] and not isinstance(inp.shape[0], int)  # a dynamic batch dimension
+    run = _onnx_runner(tmp_path / "mnist.onnx")
     images, logits = reference
     for batch in (1, 7, len(images)):
-        got = torch.from_numpy(session.run([out.name], {inp.name: images[:batch].numpy()})[0])
-        assert torch.allclose(got, logits[:batch], atol=TOLERANCE, rtol=0), batch
+        assert torch.allclose(run(images[:batch]), logits[:batch], atol=TOLERANCE, rtol=0), batch
 
 
-def test_output_defaults_to_beside_the_checkpoint(trained, tmp_path: Path) -> None:
-    _, ckpt = trained
+def test_output_defaults_to_beside_the_checkpoint(trained_run: TrainedRun, tmp_path: Path) -> None:
     copy = tmp_path / "run.ckpt"
-    copy.write_bytes(ckpt.read_bytes())
+    copy.write_bytes(trained_run.last.read_bytes())
     written = export.export(copy, "torchscript")
     assert written == tmp_path / "run.pt" and written.stat().st_size > 0
 
 
-def test_bad_inputs_are_clean_errors(trained, tmp_path: Path, capsys) -> None:
-    _, ckpt = trained
+def test_bad_inputs_are_clean_errors(trained_run: TrainedRun, tmp_path: Path, capsys) -> None:
+    ckpt = trained_run.last
     missing = _export(tmp_path, "--ckpt_path", "nowhere.ckpt", "--format", "onnx", "--output", "m.onnx")
     assert missing.returncode == 2 and "error: checkpoint nowhere.ckpt does not exist" in missing.stderr
     assert "Traceback" not in missing.stderr and not (tmp_path / "m.onnx").exists()
@@ -106,11 +149,10 @@ def test_bad_inputs_are_clean_errors(trained, tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "half.pt").exists()
 
 
-def test_missing_onnx_package_is_a_clean_error(trained, tmp_path: Path, monkeypatch, capsys) -> None:
-    _, ckpt = trained
+def test_missing_onnx_package_is_a_clean_error(trained_run: TrainedRun, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed: importing it raises ImportError
     with pytest.raises(SystemExit) as exit_info:
-        export.main(["--ckpt_path", str(ckpt), "--format", "onnx", "--output", str(tmp_path / "m.onnx")])
+        export.main(["--ckpt_path", str(trained_run.last), "--format", "onnx", "--output", str(tmp_path / "m.onnx")])
     assert exit_info.value.code == 2
     assert 'pip install -e ".[onnx]"' in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
@@ -125,11 +167,10 @@ def _one_line_error(result, *fragments: str) -> None:
         assert fragment in lines[0], (fragment, lines[0])
 
 
-def test_export_onto_its_own_checkpoint_is_refused_and_it_stays_unchanged(trained, tmp_path: Path, monkeypatch,
-                                                                         capsys) -> None:
-    _, ckpt = trained
+def test_export_onto_its_own_checkpoint_is_refused_and_it_stays_unchanged(trained_run: TrainedRun, tmp_path: Path,
+                                                                         monkeypatch, capsys) -> None:
     model = tmp_path / "model.pt"  # a checkpoint named like a TorchScript file
-    model.write_bytes(ckpt.read_bytes())
+    model.write_bytes(trained_run.last.read_bytes())
     (tmp_path / "link.onnx").symlink_to(model)
     (tmp_path / "sub").mkdir()
     before = model.read_bytes()
@@ -148,10 +189,9 @@ def test_export_onto_its_own_checkpoint_is_refused_and_it_stays_unchanged(traine
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.onnx", "model.pt", "sub"]  # no logs, no temp files
 
 
-def test_output_folder_and_empty_checkpoints_are_one_line_errors(trained, tmp_path: Path) -> None:
-    _, ckpt = trained
+def test_output_folder_and_empty_checkpoints_are_one_line_errors(trained_run: TrainedRun, tmp_path: Path) -> None:
     (tmp_path / "exports").mkdir()
-    _one_line_error(_export(tmp_path, "--ckpt_path", str(ckpt), "--format", "onnx", "--output", "exports"),
+    _one_line_error(_export(tmp_path, "--ckpt_path", str(trained_run.last), "--format", "onnx", "--output", "exports"),
                     "--output exports is a folder", "exports/model.onnx")
     (tmp_path / "empty.ckpt").write_bytes(b"")
     _one_line_error(_export(tmp_path, "--ckpt_path", "empty.ckpt", "--format", "torchscript"), "empty.ckpt is empty")
@@ -162,8 +202,9 @@ def test_output_folder_and_empty_checkpoints_are_one_line_errors(trained, tmp_pa
     assert not (tmp_path / "lightning_logs").exists()
 
 
-def test_a_failing_write_leaves_the_previous_export_intact(trained, tmp_path: Path, monkeypatch, capsys) -> None:
-    _, ckpt = trained
+def test_a_failing_write_leaves_the_previous_export_intact(trained_run: TrainedRun, tmp_path: Path, monkeypatch,
+                                                           capsys) -> None:
+    ckpt = trained_run.last
     target = tmp_path / "mnist.pt"
     export.export(ckpt, "torchscript", target)
     good = target.read_bytes()
@@ -171,7 +212,7 @@ def test_a_failing_write_leaves_the_previous_export_intact(trained, tmp_path: Pa
     def disk_full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(resume.os, "fsync", disk_full)
+    monkeypatch.setattr(atomic.os, "fsync", disk_full)
     for fmt in ("torchscript", "onnx"):
         output = target if fmt == "torchscript" else tmp_path / "mnist.onnx"
         with pytest.raises(SystemExit) as exit_info:
@@ -184,25 +225,74 @@ def test_a_failing_write_leaves_the_previous_export_intact(trained, tmp_path: Pa
     assert not (tmp_path / "mnist.onnx").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist.pt"]  # no temporary file left behind
     monkeypatch.undo()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.load(str(target))  # still a loadable model
+    _torchscript(target)  # still a loadable model
 
 
-def test_a_fast_classifier_checkpoint_exports_like_the_idiomatic_one(trained, reference, tmp_path: Path) -> None:
-    """Checkpoints of FastMNISTClassifier carry `steps_per_call` and LightningCLI's `_class_path`."""
-    _, ckpt = trained
-    checkpoint = load_checkpoint_file(ckpt)
-    checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], "steps_per_call": 5,
-                                      "_class_path": "mnist_lightning.fast.FastMNISTClassifier",
-                                      "_instantiator": "pytorch_lightning.cli.instantiate_module"}
-    fast = tmp_path / "fast.ckpt"
-    torch.save(checkpoint, fast)
-    assert export.model_class(checkpoint["hyper_parameters"]).__name__ == "FastMNISTClassifier"
-    written = export.export(fast, "torchscript")
-    images, logits = reference
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        model = torch.jit.load(str(written))
+# ------------------------------------------------------------------------------- any module class, any net
+@pytest.fixture(scope="module")
+def fast_checkpoint(tmp_path_factory, shared_tiny_data: Path) -> Path:
+    """A real FastMNISTClassifier checkpoint: one epoch with configs/fast.yaml."""
+    return _fit(tmp_path_factory.mktemp("fast"), shared_tiny_data, config=PROJECT_ROOT / "configs" / "fast.yaml")
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_a_fast_classifier_checkpoint_exports_like_the_idiomatic_one(fast_checkpoint: Path, shared_tiny_data: Path,
+                                                                     tmp_path: Path, fmt: str) -> None:
+    """A FastMNISTClassifier checkpoint (its `steps_per_call`, LightningCLI's `_class_path`) exports its logits, as
+    the idiomatic class's does; the export loads it as the class that wrote it (export.checkpoint_class), and so
+    does `FastMNISTClassifier.load_from_checkpoint`."""
+    assert load_checkpoint_file(fast_checkpoint)["hyper_parameters"]["_class_path"] == (
+        "mnist_lightning.fast.FastMNISTClassifier")
+    output = tmp_path / f"fast{export.SUFFIXES[fmt]}"
+    result = _export(tmp_path, "--ckpt_path", str(fast_checkpoint), "--format", fmt, "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    run = _torchscript(output) if fmt == "torchscript" else _onnx_runner(output)
+    assert export.checkpoint_class(load_checkpoint_file(fast_checkpoint)["hyper_parameters"]) is FastMNISTClassifier
+    model = FastMNISTClassifier.load_from_checkpoint(fast_checkpoint, map_location="cpu").eval()
+    images = _test_images(shared_tiny_data)
     with torch.no_grad():
-        assert torch.allclose(model(images), logits, atol=TOLERANCE, rtol=0)
+        for batch in (1, 37):
+            assert torch.allclose(run(images[:batch]), model(images[:batch]), atol=TOLERANCE, rtol=0), batch
+    assert type(model) is FastMNISTClassifier, f"load_from_checkpoint rebuilt {type(model).__name__}"
+    assert model.hparams.steps_per_call == 50  # configs/fast.yaml's
+
+
+@pytest.fixture(scope="module")
+def cnn_folder(tmp_path_factory) -> Path:
+    """A folder outside the package holding the user's net module."""
+    folder = tmp_path_factory.mktemp("user_nets")
+    (folder / f"{CNN_MODULE}.py").write_text(CNN_SOURCE)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cnn_checkpoint(tmp_path_factory, shared_tiny_data: Path, cnn_folder: Path) -> Path:
+    """One epoch of the user's CNN, trained through the CLI with its module on PYTHONPATH."""
+    return _fit(tmp_path_factory.mktemp("cnn"), shared_tiny_data, "--model.net", f"{CNN_MODULE}.SmallCNN",
+                "--model.net.init_args.width", "4", env={"PYTHONPATH": str(cnn_folder)})
+
+
+@pytest.fixture
+def cnn_importable(cnn_folder: Path, monkeypatch) -> Iterator[None]:
+    """The user's net module on sys.path for an in-process load, and forgotten afterwards."""
+    monkeypatch.syspath_prepend(str(cnn_folder))
+    yield
+    sys.modules.pop(CNN_MODULE, None)
+
+
+def test_a_net_of_your_own_exports_and_matches_the_checkpoint(cnn_checkpoint: Path, cnn_folder: Path,
+                                                              shared_tiny_data: Path, tmp_path: Path,
+                                                              cnn_importable) -> None:
+    """Not an MLP: the export rebuilds the user's net from the checkpoint and reads its class count from its
+    logits. (TorchScript only: the ONNX path is the same `load_net`, covered by the tests above.)"""
+    output = tmp_path / "cnn.pt"
+    result = _export(tmp_path, "--ckpt_path", str(cnn_checkpoint), "--format", "torchscript", "--output", str(output),
+                     env={"PYTHONPATH": str(cnn_folder)})
+    assert result.returncode == 0, result.stderr
+    assert "output: logits (N, 10)" in result.stdout
+    run = _torchscript(output)
+    model = MNISTClassifier.load_from_checkpoint(cnn_checkpoint, map_location="cpu").eval()
+    assert type(model.net).__name__ == "SmallCNN" and type(model.net).__module__ == CNN_MODULE
+    images = _test_images(shared_tiny_data)[:37]
+    with torch.no_grad():
+        assert torch.allclose(run(images), model(images), atol=TOLERANCE, rtol=0)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import TINY_ARGS, run_cli, write_idx_dataset
+from conftest import TINY_ARGS, run_cli
 from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -42,12 +42,13 @@ def _events(run_dir: Path) -> EventAccumulator:
 
 
 @pytest.fixture(scope="module")
-def cli_run(tmp_path_factory) -> Path:
-    """A 2-epoch CLI run with configs/default.yaml (which carries the figure and LR callbacks)."""
+def cli_run(tmp_path_factory, shared_tiny_data: Path) -> Path:
+    """A 2-epoch CLI run with the default config (mnist_lightning/default.yaml, which carries the figure and LR
+    callbacks). Not the shared `trained_run`: its learning rate is not the default, so the logged rate and the
+    hparams entry must come from the run's setting, not from a default (torch's Adam default is also 1e-3)."""
     workdir = tmp_path_factory.mktemp("figures")
-    data = write_idx_dataset(workdir / "data")
-    result = run_cli("fit", "--data.data_dir", str(data), *TINY_ARGS, "--trainer.max_epochs", str(EPOCHS),
-                     "--model.lr", str(LR), "--torch_threads", "1", cwd=workdir)
+    result = run_cli("fit", "--data.data_dir", str(shared_tiny_data), *TINY_ARGS, "--trainer.max_epochs", str(EPOCHS),
+                     "--model.optimizer.init_args.lr", str(LR), "--torch_threads", "1", cwd=workdir)
     assert result.returncode == 0, result.stderr
     return workdir / "lightning_logs" / "version_0"
 
@@ -74,7 +75,9 @@ def test_scalars_and_learning_rate(cli_run: Path) -> None:
             assert all(v > 0 for v in values), (tag, values)
     val_acc = [e.value for e in acc.Scalars("val/acc")]
     assert acc.Scalars("val/acc_best")[-1].value == pytest.approx(max(val_acc))
-    # Lightning's LearningRateMonitor (configs/default.yaml), once per epoch: a constant schedule.
+    # Lightning's LearningRateMonitor (the default config), once per epoch: a constant schedule, one curve
+    # (Adam without weight decay gets a single parameter group: MNISTClassifier.parameter_groups).
+    assert "lr-Adam" in tags and not any(t.startswith("lr-Adam/") for t in tags), sorted(tags)
     assert [e.value for e in acc.Scalars("lr-Adam")] == pytest.approx([LR] * EPOCHS)
 
 
@@ -111,7 +114,7 @@ def test_hparams_entry_has_the_real_final_metric(cli_run: Path) -> None:
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert "hp/val_acc_best" in [m.name.tag for m in experiment.metric_infos]
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
-    assert session.hparams["model.lr"].number_value == pytest.approx(LR)
+    assert session.hparams["model.optimizer.init_args.lr"].number_value == pytest.approx(LR)
     scalars = acc.Tags()["scalars"]
     assert "hp_metric" not in scalars, "the -1 placeholder is back"
     best = acc.Scalars("hp/val_acc_best")[-1].value
@@ -205,9 +208,10 @@ def _fit(tmp_path: Path, data: Path, figures: ValidationFigures, epochs: int, lo
     return trainer
 
 
-def test_confusion_matrix_counts_every_validation_image_once(tmp_path: Path, tiny_data: Path, one_thread) -> None:
+def test_confusion_matrix_counts_every_validation_image_once(tmp_path: Path, shared_tiny_data: Path,
+                                                             one_thread) -> None:
     figures = ValidationFigures(num_images=8, every_n_epochs=2)
-    trainer = _fit(tmp_path, tiny_data, figures, epochs=3)
+    trainer = _fit(tmp_path, shared_tiny_data, figures, epochs=3)
     matrix = figures.last_confusion
     assert matrix is not None and matrix.shape == (10, 10)
     assert int(matrix.sum()) == 100  # val_size, not doubled by the sanity check or the grids
@@ -220,10 +224,11 @@ def test_confusion_matrix_counts_every_validation_image_once(tmp_path: Path, tin
     assert grid.width > grid.height  # 8 images in one row
 
 
-def test_without_tensorboard_it_warns_and_training_goes_on(tmp_path: Path, tiny_data: Path, one_thread) -> None:
+def test_without_tensorboard_it_warns_and_training_goes_on(tmp_path: Path, shared_tiny_data: Path,
+                                                           one_thread) -> None:
     figures = ValidationFigures()
     with pytest.warns(UserWarning, match="no TensorBoardLogger"):
-        trainer = _fit(tmp_path, tiny_data, figures, epochs=1, logger=False)
+        trainer = _fit(tmp_path, shared_tiny_data, figures, epochs=1, logger=False)
     assert trainer.state.finished
     assert figures.last_confusion is not None and int(figures.last_confusion.sum()) == 100
 

@@ -13,22 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_ARGS, run_cli, write_idx_dataset
+from conftest import TINY_ARGS, TrainedRun, run_cli
 from PIL import Image, ImageDraw
 
-from mnist_lightning import resume
-from mnist_lightning.data import InMemoryDigits, MNISTDataModule
+from mnist_lightning import atomic
+from mnist_lightning.data import MNISTDataModule
+from mnist_lightning.digits import InMemoryDigits
 from mnist_lightning.errors import UserInputError
 from mnist_lightning.idx import DATASETS, load_split
+from mnist_lightning.images import ImageFolderDigits, UnusableImage, display_name, read_image, to_mnist
 from mnist_lightning.model import MNISTClassifier
-from mnist_lightning.predict import (
-    ImageFolderDigits,
-    PredictionTable,
-    UnusableImage,
-    display_name,
-    read_image,
-    to_mnist,
-)
+from mnist_lightning.predict import PredictionTable
 from mnist_lightning.resume import load_checkpoint_file
 
 CSV_HEADER = ["file", "prediction", "probability"]
@@ -285,7 +280,7 @@ def test_the_csv_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatch) -> 
     def disk_full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(resume.os, "fsync", disk_full)
+    monkeypatch.setattr(atomic.os, "fsync", disk_full)
     with pytest.raises(UserInputError, match="could not write --predictions_csv .*p.csv: No space left on device"):
         table._write_csv(target)
     assert target.read_text() == "file,prediction,probability\nold.png,3,0.500000\n"  # not emptied
@@ -296,20 +291,32 @@ def test_the_csv_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatch) -> 
 
 
 # ------------------------------------------------------------------------------------------- CLI
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    """(data folder, checkpoint) of one epoch on tiny fake data."""
-    workdir = tmp_path_factory.mktemp("predict")
-    data = write_idx_dataset(workdir / "data")
-    result = run_cli("fit", "--data.data_dir", str(data), *TINY_ARGS, "--trainer.max_epochs", "1",
-                     "--torch_threads", "1", cwd=workdir)
-    assert result.returncode == 0, result.stderr
-    return data, workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
-
-
-def _predict(workdir: Path, data: Path, ckpt: Path, *extra: str):
-    return run_cli("predict", "--ckpt_path", str(ckpt), "--data.data_dir", str(data), *TINY_ARGS,
+# The shared trained run (`trained_run`, the default net on the tiny data) serves every test here: predict
+# only reads its last checkpoint.
+def _predict(workdir: Path, run: TrainedRun, *extra: str):
+    return run_cli("predict", "--ckpt_path", str(run.last), "--data.data_dir", str(run.data_dir), *TINY_ARGS,
                    "--torch_threads", "1", *extra, cwd=workdir)
+
+
+def _net_probabilities(ckpt: Path, files: list[Path]) -> torch.Tensor:
+    """What predict must report for `files`: softmax of the checkpoint's logits for each file prepared by
+    `to_mnist` and scaled like the run's data (built here, not by predict's own dataset)."""
+    data_hparams = load_checkpoint_file(ckpt)["datamodule_hyper_parameters"]
+    assert not data_hparams["normalize"] and not data_hparams["deskew"]  # the default run: pixels / 255
+    x = torch.stack([torch.from_numpy(to_mnist(read_image(f))) for f in files]).unsqueeze(1).float() / 255
+    model = MNISTClassifier.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    with torch.no_grad():
+        return model(x).softmax(dim=1)
+
+
+def _assert_reports(table: list[list[str]], rows: list[list[str]], expected: torch.Tensor) -> None:
+    """The table and the CSV rows name the net's classes, with its top probability: the table to its 4
+    decimals, the CSV to its 6."""
+    confidence, classes = expected.max(dim=1)
+    assert [int(r[1]) for r in table] == classes.tolist()
+    assert [int(r[1]) for r in rows] == classes.tolist()
+    assert [float(r[2]) for r in table] == pytest.approx(confidence.tolist(), abs=5e-5 + 1e-7)
+    assert [float(r[2]) for r in rows] == pytest.approx(confidence.tolist(), abs=1e-6)
 
 
 def _table(stdout: str, key: str) -> list[list[str]]:
@@ -329,39 +336,50 @@ def _csv(path: Path) -> list[list[str]]:
         return list(csv.reader(f))
 
 
-def test_predict_a_folder_prints_the_table_and_writes_the_csv(trained, tmp_path: Path) -> None:
-    data, ckpt = trained
+def test_predict_a_folder_prints_the_table_and_writes_the_csv(trained_run: TrainedRun, tmp_path: Path) -> None:
     folder = write_folder(tmp_path / "mine")
-    result = _predict(tmp_path, data, ckpt, "--data.predict_path", str(folder), "--predictions_csv", "out/p.csv")
+    result = _predict(tmp_path, trained_run, "--data.predict_path", str(folder), "--predictions_csv", "out/p.csv")
     assert result.returncode == 0, result.stderr
     table = _table(result.stdout, "file")
     assert [Path(row[0]).name for row in table] == GOOD
-    for _, prediction, probability in table:
-        assert prediction in [str(k) for k in range(10)]
-        assert 0.1 <= float(probability) <= 1.0  # the top of 10 softmax probabilities
     for name, reason in BAD.items():
         assert f"{name}: " in result.stderr and reason in result.stderr, name
     rows = _csv(tmp_path / "out" / "p.csv")
     assert rows[0] == CSV_HEADER
     assert [(r[0], r[1]) for r in rows[1:]] == [(r[0], r[1]) for r in table]
-    assert [float(r[2]) for r in rows[1:]] == pytest.approx([float(r[2]) for r in table], abs=1e-4)
+    # The class and probability of each file are the net's softmax for the file prepared like MNIST.
+    _assert_reports(table, rows[1:], _net_probabilities(trained_run.last, [folder / name for name in GOOD]))
     # All four copies of the same seven are one MNIST digit, so one answer.
     assert len({row[1] for row in table}) == 1
 
 
-def test_predict_runs_on_the_test_set_by_default(trained, tmp_path: Path) -> None:
-    data, ckpt = trained
-    result = _predict(tmp_path, data, ckpt, "--predictions_csv", "p.csv")
+def test_predict_on_saved_digits_is_the_net_on_the_prepared_images(trained_run: TrainedRun, tmp_path: Path) -> None:
+    """The tiny data's own test digits saved as PNG files: predict reports, file by file, the class and the
+    probability the trained net gives the same prepared tensors (no file mixed up, nothing rescaled twice)."""
+    images, _ = load_split(trained_run.data_dir, DATASETS["mnist"], train=False, verify_checksum=False)
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    files = [folder / f"{i:02d}.png" for i in range(24)]
+    for image, file in zip(images, files, strict=False):
+        Image.fromarray(image.numpy()).save(file)
+    result = _predict(tmp_path, trained_run, "--data.predict_path", str(folder), "--predictions_csv", "p.csv")
+    assert result.returncode == 0, result.stderr
+    table = _table(result.stdout, "file")
+    rows = _csv(tmp_path / "p.csv")[1:]
+    assert [row[0] for row in table] == [r[0] for r in rows] == [str(f) for f in files]
+    _assert_reports(table, rows, _net_probabilities(trained_run.last, files))
+
+
+def test_predict_runs_on_the_test_set_by_default(trained_run: TrainedRun, tmp_path: Path) -> None:
+    result = _predict(tmp_path, trained_run, "--predictions_csv", "p.csv")
     assert result.returncode == 0, result.stderr
     table = _table(result.stdout, "test index")
     assert [int(row[0]) for row in table] == list(range(200))  # the tiny test set, in order
     rows = _csv(tmp_path / "p.csv")
     assert rows[0] == CSV_HEADER and len(rows) == 201
     # The same answers as the checkpoint's model on the test images.
-    checkpoint = load_checkpoint_file(ckpt)
-    model = MNISTClassifier(**{k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")})
-    model.load_state_dict(checkpoint["state_dict"])
-    dm = MNISTDataModule(data_dir=str(data), verify=False)
+    model = MNISTClassifier.load_from_checkpoint(trained_run.last, map_location="cpu")
+    dm = MNISTDataModule(data_dir=str(trained_run.data_dir), verify=False)
     dm.setup("test")
     x, _ = dm.test_set.__getitems__(list(range(200)))
     with torch.no_grad():
@@ -370,22 +388,20 @@ def test_predict_runs_on_the_test_set_by_default(trained, tmp_path: Path) -> Non
     assert [float(r[2]) for r in rows[1:]] == pytest.approx(probs.max(dim=1).values.tolist(), abs=1e-5)
 
 
-def test_predict_path_missing_or_all_bad_is_a_clean_error(trained, tmp_path: Path) -> None:
-    data, ckpt = trained
-    result = _predict(tmp_path, data, ckpt, "--data.predict_path", "no/such/digits")
+def test_predict_path_missing_or_all_bad_is_a_clean_error(trained_run: TrainedRun, tmp_path: Path) -> None:
+    result = _predict(tmp_path, trained_run, "--data.predict_path", "no/such/digits")
     assert result.returncode == 2
     assert "no/such/digits does not exist" in result.stderr and "Traceback" not in result.stderr
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "notes.txt").write_text("hello")
-    result = _predict(tmp_path, data, ckpt, "--data.predict_path", str(bad))
+    result = _predict(tmp_path, trained_run, "--data.predict_path", str(bad))
     assert result.returncode == 2
     assert "notes.txt: not an image" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_predict_reads_what_people_have_and_skips_what_it_cannot(trained, tmp_path: Path) -> None:
+def test_predict_reads_what_people_have_and_skips_what_it_cannot(trained_run: TrainedRun, tmp_path: Path) -> None:
     """16-bit and float files, subfolders, a named pipe, an oversized PNG and a name that is not UTF-8."""
-    data, ckpt = trained
     folder = tmp_path / "mine"
     (folder / "more").mkdir(parents=True)
     seven().save(folder / "a_seven.png")
@@ -396,7 +412,7 @@ def test_predict_reads_what_people_have_and_skips_what_it_cannot(trained, tmp_pa
     png_header_only(folder / "f_huge.png", 13000, 13000)
     seven().save(os.path.join(os.fsencode(folder), b"g_caf\xe9.png"), format="PNG")
     (tmp_path / "p.csv").write_text("stale\n")
-    result = _predict(tmp_path, data, ckpt, "--data.predict_path", str(folder), "--predictions_csv", "p.csv")
+    result = _predict(tmp_path, trained_run, "--data.predict_path", str(folder), "--predictions_csv", "p.csv")
     assert result.returncode == 0, result.stderr
     table = _table(result.stdout, "file")
     names = [Path(row[0]).relative_to(folder).as_posix() for row in table]

@@ -1,12 +1,17 @@
 """What a run writes and how commands find it (issues 12 and 14): one folder per run even when runs
 start together, evaluation logged into the run it evaluates, the HPARAMS tab, a quiet console, the
-printed test command, and resumes and evaluations that refuse settings the checkpoint fixes."""
+printed test command, and resumes and evaluations that refuse settings the checkpoint fixes.
+
+Commands run in this process (`run_cli`) and evaluate the shared trained run (`trained_run`, or a copy
+where they write into it), except where the process is the subject: two processes racing for a
+folder, what a real console shows, a printed command pasted into a shell."""
 
 from __future__ import annotations
 
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,14 +19,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import PROJECT_ROOT, TINY_ARGS, run_cli
+from conftest import PROJECT_ROOT, TINY_ARGS, CliResult, run_cli, run_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 TESTS_DIR = Path(__file__).resolve().parent
 
 
-def _fit(cwd: Path, data: Path, *extra: str, epochs: int = 2) -> subprocess.CompletedProcess:
+def _fit(cwd: Path, data: Path, *extra: str, epochs: int = 2) -> CliResult:
     result = run_cli("fit", "--data.data_dir", str(data), *TINY_ARGS, "--trainer.max_epochs", str(epochs), *extra, cwd=cwd)
     assert result.returncode == 0, result.stderr
     return result
@@ -52,11 +57,12 @@ def _last(run_dir: Path) -> Path:
 
 # ------------------------------------------------------------------------------ one folder per run (14.2)
 @pytest.mark.slow
-def test_two_runs_started_together_get_two_consistent_folders(tiny_data, tmp_path):
+def test_two_runs_started_together_get_two_consistent_folders(shared_tiny_data, tmp_path):
+    """Two real processes: the race for a run folder is between processes."""
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    args = [sys.executable, "-m", "mnist_lightning", "fit", "--data.data_dir", str(tiny_data), *TINY_ARGS,
+    args = [sys.executable, "-m", "mnist_lightning", "fit", "--data.data_dir", str(shared_tiny_data), *TINY_ARGS,
             "--trainer.max_epochs", "2"]
-    runs = [subprocess.Popen([*args, "--model.lr", lr], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+    runs = [subprocess.Popen([*args, "--model.optimizer.init_args.lr", lr], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True) for lr in ("0.001", "0.002")]
     for run in runs:
         _, err = run.communicate(timeout=300)
@@ -72,24 +78,26 @@ def test_two_runs_started_together_get_two_consistent_folders(tiny_data, tmp_pat
         assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # one writer per run
         checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
         assert len(checkpoints) == 2 and "last.ckpt" in checkpoints  # one best, one last, no temporary files
-        saved_lr = torch.load(_last(run_dir), weights_only=True)["hyper_parameters"]["lr"]
-        assert saved_lr == config["model"]["init_args"]["lr"]  # the checkpoint belongs to this folder's config
+        saved_lr = torch.load(_last(run_dir), weights_only=True)["hyper_parameters"]["optimizer"]["init_args"]["lr"]
+        assert saved_lr == config["model"]["init_args"]["optimizer"]["init_args"]["lr"]  # this folder's config's checkpoint
         lrs.add(saved_lr)
     assert lrs == {0.001, 0.002}
 
 
 # ------------------------------------------------------------------------------ one run, one row (12.4, 12.5)
-def test_test_on_a_runs_checkpoint_logs_into_that_run_with_one_hparams_row(tiny_data, tmp_path):
-    _fit(tmp_path, tiny_data)
-    run_dir = tmp_path / "lightning_logs" / "version_0"
-    test = run_cli("test", "--ckpt_path", str(_last(run_dir)), "--data.data_dir", str(tiny_data), *TINY_ARGS, cwd=tmp_path)
+def test_test_on_a_runs_checkpoint_logs_into_that_run_with_one_hparams_row(trained_run_copy):
+    run_dir, workdir = trained_run_copy.run_dir, trained_run_copy.workdir  # a 2-epoch fit of the defaults
+    test = run_cli("test", "--ckpt_path", str(_last(run_dir)), "--data.data_dir", str(trained_run_copy.data_dir),
+                   *TINY_ARGS, cwd=workdir)
     assert test.returncode == 0, test.stderr
-    assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == ["version_0"]
+    assert sorted(p.name for p in (workdir / "lightning_logs").iterdir()) == ["version_0"]
     scalars = _events(run_dir).Tags()["scalars"]
     for tag in ("val/acc", "train/acc", "test/acc", "hp/val_acc_best", "hp/test_acc"):
         assert tag in scalars, tag
     params = _hparams(run_dir)
-    expected = {"model.class": "MNISTClassifier", "model.hidden_sizes": "[50]", "data.dataset": "mnist",
+    expected = {"model.class": "MNISTClassifier", "model.net": "mnist_lightning.model.MLP",
+                "model.net.init_args.hidden_sizes": "[50]", "model.optimizer": "torch.optim.Adam",
+                "model.optimizer.init_args.lr": 0.001, "data.dataset": "mnist",
                 "data.batch_size": 64.0, "data.normalize": "false", "data.deskew": "false", "data.val_size": 100.0, "seed": "42",
                 "trainer.max_epochs": 2.0, "trainer.precision": "32-true", "trainer.devices": 1.0}
     for key, value in expected.items():
@@ -97,23 +105,20 @@ def test_test_on_a_runs_checkpoint_logs_into_that_run_with_one_hparams_row(tiny_
     assert not any(key.startswith("_") or "instantiator" in key for key in params)
 
 
-def test_hparams_tell_a_fashion_run_from_an_mnist_run(tiny_data, tmp_path):
-    fashion = tmp_path / "fashion"
-    fashion.mkdir()
-    (fashion / "FashionMNIST").symlink_to(tiny_data)  # any layout works: a flat folder is enough
-    _fit(tmp_path, tiny_data, epochs=1)
-    _fit(tmp_path, tiny_data, "--data.dataset", "fashion_mnist", "--data.normalize", "true", epochs=1)
-    first, second = (_hparams(tmp_path / "lightning_logs" / f"version_{i}") for i in (0, 1))
+def test_hparams_tell_a_fashion_run_from_an_mnist_run(trained_run, tmp_path):
+    # The MNIST run is the shared trained run; the Fashion-MNIST one (the same tiny files: a flat folder of
+    # IDX files serves any dataset) needs no more than a batch to write its HPARAMS row.
+    _fit(tmp_path, trained_run.data_dir, "--data.dataset", "fashion_mnist", "--data.normalize", "true",
+         "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1", epochs=1)
+    first, second = _hparams(trained_run.run_dir), _hparams(tmp_path / "lightning_logs" / "version_0")
     assert (first["data.dataset"], first["data.normalize"]) == ("mnist", "false")
     assert (second["data.dataset"], second["data.normalize"]) == ("fashion_mnist", "true")
 
 
-def test_a_checkpoint_from_elsewhere_gets_a_folder_of_its_own_and_predict_writes_none(tiny_data, tmp_path):
-    trained = tmp_path / "trained"
-    trained.mkdir()
-    _fit(trained, tiny_data, epochs=1)
+def test_a_checkpoint_from_elsewhere_gets_a_folder_of_its_own_and_predict_writes_none(trained_run, tmp_path):
+    tiny_data = trained_run.data_dir
     copy = tmp_path / "model.ckpt"
-    copy.write_bytes(_last(trained / "lightning_logs" / "version_0").read_bytes())
+    copy.write_bytes(trained_run.last.read_bytes())
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     test = run_cli("test", "--ckpt_path", str(copy), "--data.data_dir", str(tiny_data), *TINY_ARGS, cwd=elsewhere)
@@ -127,23 +132,23 @@ def test_a_checkpoint_from_elsewhere_gets_a_folder_of_its_own_and_predict_writes
 
 
 # ------------------------------------------------------------------------------ the newcomer's path (12.1, 12.2, 12.6)
-def test_the_test_command_that_fit_prints_works_when_pasted(tiny_data, tmp_path):
-    fit = _fit(tmp_path, tiny_data)
-    line = next(line for line in fit.stdout.splitlines() if line.startswith("Test it with: "))
+def test_the_test_command_that_fit_prints_works_when_pasted(trained_run_copy):
+    """Pasted into a real shell, as a user does: the quoting and the interpreter's name are the subject."""
+    line = next(line for line in trained_run_copy.stdout.splitlines() if line.startswith("Test it with: "))
     command = line.removeprefix("Test it with: ")
     assert shlex.split(command)[1:4] == ["-m", "mnist_lightning", "test"]
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    pasted = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    pasted = subprocess.run(command, shell=True, cwd=trained_run_copy.workdir, env=env, capture_output=True, text=True,
+                            timeout=300)
     assert pasted.returncode == 0, pasted.stderr
     assert re.search(r"Got \d+ / 200 with accuracy", pasted.stdout)
 
 
-def test_predicting_your_own_images_needs_no_dataset_on_disk(tiny_data, tmp_path):
+def test_predicting_your_own_images_needs_no_dataset_on_disk(trained_run, tmp_path):
     from PIL import Image
 
-    _fit(tmp_path, tiny_data, epochs=1)
     ckpt = tmp_path / "model.ckpt"
-    ckpt.write_bytes(_last(tmp_path / "lightning_logs" / "version_0").read_bytes())
+    ckpt.write_bytes(trained_run.last.read_bytes())
     images = tmp_path / "mine"
     images.mkdir()
     digit = torch.zeros(28, 28, dtype=torch.uint8)
@@ -158,25 +163,30 @@ def test_predicting_your_own_images_needs_no_dataset_on_disk(tiny_data, tmp_path
     assert list(empty.iterdir()) == []  # nothing downloaded, no log folder
 
 
-def test_the_console_of_fit_shows_progress_and_results_only(tiny_data, tmp_path):
-    fit = run_cli("fit", "--data.data_dir", str(tiny_data), "--data.verify", "false", "--data.val_size", "100",
-                  "--trainer.max_epochs", "2", cwd=tmp_path)
+def test_the_console_of_fit_shows_progress_and_results_only(shared_tiny_data, tmp_path):
+    """Real processes: warnings reach a real console once each, where in this process pytest records them
+    (and an earlier test may already have shown them)."""
+    tiny_data = shared_tiny_data
+    fit = run_process("fit", "--data.data_dir", str(tiny_data), "--data.verify", "false", "--data.val_size", "100",
+                      "--trainer.max_epochs", "2", cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr
     console = fit.stdout + fit.stderr
     for noise in ("weights_only", "Tip:", "litlogger", "LeafSpec", "Warning", "warn"):
         assert noise not in console, noise
     assert "Epoch 1" in console and "Best checkpoint" in console and "Test it with" in console
     ckpt = str(_last(tmp_path / "lightning_logs" / "version_0"))
-    predict = run_cli("predict", "--ckpt_path", ckpt, "--data.data_dir", str(tiny_data), "--data.verify", "false",
-                      cwd=tmp_path)
+    predict = run_process("predict", "--ckpt_path", ckpt, "--data.data_dir", str(tiny_data), "--data.verify", "false",
+                          cwd=tmp_path)
     assert predict.returncode == 0, predict.stderr
     assert "dirpath has changed" not in predict.stdout + predict.stderr and "Warning" not in predict.stderr
 
 
-def test_the_best_recipes_settings_keep_the_console_quiet(tiny_data, tmp_path):
-    """configs/mlp_best.yaml's bf16 precision and deskewing add no warnings to what fit prints."""
-    fit = run_cli("fit", "--data.data_dir", str(tiny_data), "--data.verify", "false", "--data.val_size", "100",
-                  "--trainer.max_epochs", "1", "--trainer.precision", "bf16-mixed", "--data.deskew", "true", cwd=tmp_path)
+def test_the_best_recipes_settings_keep_the_console_quiet(shared_tiny_data, tmp_path):
+    """configs/mlp_best.yaml's bf16 precision and deskewing add no warnings to what fit prints.
+    A real process, for the reason above."""
+    fit = run_process("fit", "--data.data_dir", str(shared_tiny_data), "--data.verify", "false", "--data.val_size", "100",
+                      "--trainer.max_epochs", "1", "--trainer.precision", "bf16-mixed", "--data.deskew", "true",
+                      cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr
     console = fit.stdout + fit.stderr
     for noise in ("Warning", "warn", "not supported"):
@@ -185,39 +195,51 @@ def test_the_best_recipes_settings_keep_the_console_quiet(tiny_data, tmp_path):
 
 
 # ------------------------------------------------------------------------------ resume keeps what the checkpoint fixes (14.3)
+@pytest.fixture(scope="module")
+def onecycle_run(tmp_path_factory: pytest.TempPathFactory, shared_tiny_data: Path) -> Path:
+    """A 2-epoch fit with a schedule that spans the run, trained once for the refusals below (which write nothing)."""
+    workdir = tmp_path_factory.mktemp("onecycle")
+    _fit(workdir, shared_tiny_data, "--model.lr_scheduler", "mnist_lightning.schedules.OneCycle")
+    return workdir
+
+
 @pytest.fixture
-def trained_run(tiny_data, tmp_path) -> Path:
-    _fit(tmp_path, tiny_data, "--model.lr_schedule", "onecycle")
+def onecycle_run_copy(onecycle_run: Path, tmp_path: Path) -> Path:
+    """A private copy of `onecycle_run`'s run folder (its working folder is `tmp_path`), should a refusal fail."""
+    shutil.copytree(onecycle_run / "lightning_logs", tmp_path / "lightning_logs")
     return tmp_path / "lightning_logs" / "version_0"
 
 
 @pytest.mark.parametrize(("option", "value", "saved"), [
-    ("--model.lr", "0.01", "0.001"), ("--data.batch_size", "128", "64"), ("--data.split_seed", "7", "42"),
-    ("--data.val_size", "50", "100"), ("--model.hidden_sizes", "[20]", "[50]"), ("--seed_everything", "3", "42"),
-    ("--model.lr_schedule", "cosine", "'onecycle'"), ("--trainer.max_epochs", "4", "2"), ("--data.deskew", "true", "False"),
+    ("--model.optimizer.init_args.lr", "0.01", "0.001"), ("--data.batch_size", "128", "64"),
+    ("--data.split_seed", "7", "42"), ("--data.val_size", "50", "100"),
+    ("--model.net.init_args.hidden_sizes", "[20]", "[50]"), ("--seed_everything", "3", "42"),
+    ("--model.lr_scheduler", "mnist_lightning.schedules.Cosine", "'mnist_lightning.schedules.OneCycle'"),
+    ("--trainer.max_epochs", "4", "2"), ("--data.deskew", "true", "False"),
 ])
-def test_a_resume_with_a_setting_the_checkpoint_fixes_is_refused_naming_both_values(option, value, saved, trained_run,
-                                                                                     tmp_path):
-    before = _last(trained_run).read_bytes()
-    result = run_cli("fit", "--config", str(trained_run / "config.yaml"), "--ckpt_path", "last", option, value,
+def test_a_resume_with_a_setting_the_checkpoint_fixes_is_refused_naming_both_values(option, value, saved,
+                                                                                     onecycle_run_copy, tmp_path):
+    run_dir = onecycle_run_copy
+    before = _last(run_dir).read_bytes()
+    result = run_cli("fit", "--config", str(run_dir / "config.yaml"), "--ckpt_path", "last", option, value,
                      cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     setting = option.removeprefix("--")
     assert f"{setting}=" in result.stderr and saved in result.stderr, result.stderr
-    assert _last(trained_run).read_bytes() == before
+    assert _last(run_dir).read_bytes() == before
 
 
-def test_a_resume_may_change_the_number_of_epochs_of_a_constant_rate_and_logging(tiny_data, tmp_path):
-    _fit(tmp_path, tiny_data, epochs=1)
-    run_dir = tmp_path / "lightning_logs" / "version_0"
+def test_a_resume_may_change_the_number_of_epochs_of_a_constant_rate_and_logging(trained_run_copy):
+    run_dir = trained_run_copy.run_dir  # 2 epochs at Adam's constant rate
     result = run_cli("fit", "--config", str(run_dir / "config.yaml"), "--ckpt_path", "last",
-                     "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "5", cwd=tmp_path)
+                     "--trainer.max_epochs", "3", "--trainer.log_every_n_steps", "5", cwd=trained_run_copy.workdir)
     assert result.returncode == 0, result.stderr
-    assert torch.load(_last(run_dir), weights_only=True)["epoch"] == 1
+    assert torch.load(_last(run_dir), weights_only=True)["epoch"] == 2
 
 
 # ------------------------------------------------------------------------------ evaluation keeps the run's split (14.4)
-def test_validate_reproduces_fits_val_acc_with_a_non_default_split(tiny_data, tmp_path):
+def test_validate_reproduces_fits_val_acc_with_a_non_default_split(shared_tiny_data, tmp_path):
+    tiny_data = shared_tiny_data
     _fit(tmp_path, tiny_data, "--data.split_seed", "7", "--data.val_size", "150", epochs=1)
     run_dir = tmp_path / "lightning_logs" / "version_0"
     fit_acc = [e.value for e in _events(run_dir).Scalars("val/acc")][-1]
@@ -234,7 +256,8 @@ def test_validate_reproduces_fits_val_acc_with_a_non_default_split(tiny_data, tm
 
 # ------------------------------------------------------------------------------ evaluating nothing (14.5)
 @pytest.mark.parametrize("subcommand", ["test", "validate", "predict"])
-def test_evaluating_without_a_checkpoint_is_refused_unless_asked_for(subcommand, tiny_data, tmp_path):
+def test_evaluating_without_a_checkpoint_is_refused_unless_asked_for(subcommand, shared_tiny_data, tmp_path):
+    tiny_data = shared_tiny_data
     result = run_cli(subcommand, "--data.data_dir", str(tiny_data), *TINY_ARGS, cwd=tmp_path)
     assert result.returncode == 2 and "--ckpt_path" in result.stderr and "Traceback" not in result.stderr
     assert "Got " not in result.stdout
@@ -242,7 +265,7 @@ def test_evaluating_without_a_checkpoint_is_refused_unless_asked_for(subcommand,
     assert allowed.returncode == 0, allowed.stderr
 
 
-def test_ckpt_path_last_without_the_runs_config_is_refused(tiny_data, tmp_path):
-    _fit(tmp_path, tiny_data, epochs=1)
-    result = run_cli("test", "--ckpt_path", "last", "--data.data_dir", str(tiny_data), *TINY_ARGS, cwd=tmp_path)
+def test_ckpt_path_last_without_the_runs_config_is_refused(trained_run_copy):
+    result = run_cli("test", "--ckpt_path", "last", "--data.data_dir", str(trained_run_copy.data_dir), *TINY_ARGS,
+                     cwd=trained_run_copy.workdir)
     assert result.returncode == 2 and "config.yaml" in result.stderr and "Got " not in result.stdout

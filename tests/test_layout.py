@@ -1,0 +1,145 @@
+"""The package's shape (issue 18): modules that never import each other in a circle, and a default config
+that ships inside the package, so an installed wheel runs with the same defaults as the checkout."""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import PROJECT_ROOT
+
+PACKAGE = "mnist_lightning"
+
+
+def import_graph(package_dir: Path, package: str) -> dict[str, set[str]]:
+    """Which modules of the package each module imports (at the top or inside a function), by module name.
+
+    `from pkg.x import y`, `from pkg import x`, `import pkg.x` and the relative forms all count;
+    `from pkg import Name` (not a module) is an import of the package's `__init__`, named `pkg`.
+    """
+    modules = {path.stem: path for path in package_dir.glob("*.py")}
+
+    def named(dotted: str) -> str | None:
+        """`pkg.x[.y]` -> `pkg.x` if x is one of the package's modules; `pkg` -> `pkg` (its __init__)."""
+        parts = dotted.split(".")
+        if parts[0] != package:
+            return None
+        if len(parts) == 1:
+            return package
+        return f"{package}.{parts[1]}" if parts[1] in modules else None
+
+    graph: dict[str, set[str]] = {}
+    for stem, path in modules.items():
+        name = package if stem == "__init__" else f"{package}.{stem}"
+        edges: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                edges.update(filter(None, (named(alias.name) for alias in node.names)))
+            elif isinstance(node, ast.ImportFrom):
+                # relative (`from . import x`, `from .x import y`): inside the package, which is flat
+                source = ".".join(filter(None, [package, node.module])) if node.level else node.module or ""
+                if source == package:  # `from pkg import x`: the module x where there is one, else the __init__
+                    edges.update(f"{package}.{alias.name}" if alias.name in modules else package for alias in node.names)
+                elif named(source):
+                    edges.add(named(source))
+        edges.discard(name)
+        graph[name] = edges
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as `[a, b, ..., a]`, or None."""
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        if node in path:
+            return path[path.index(node):] + [node]
+        if node in done:
+            return None
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            cycle = visit(target)
+            if cycle:
+                return cycle
+        path.pop()
+        done.add(node)
+        return None
+
+    for start in sorted(graph):
+        cycle = visit(start)
+        if cycle:
+            return cycle
+    return None
+
+
+def test_no_two_modules_of_the_package_import_each_other_directly_or_through_a_chain():
+    graph = import_graph(PROJECT_ROOT / PACKAGE, PACKAGE)
+    assert f"{PACKAGE}.model" in graph[f"{PACKAGE}.cli"]  # the graph is read, not empty
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_cycle_check_sees_every_form_of_import(tmp_path):
+    """The check above can fail: each import form closes a cycle in a package written for the purpose."""
+    forms = {"from pkg.b import f": "pkg.b", "from pkg import b": "pkg.b", "import pkg.b": "pkg.b",
+             "from . import b": "pkg.b", "from .b import f": "pkg.b", "from pkg import f": "pkg"}
+    for case, (statement, target) in enumerate(forms.items()):
+        package = tmp_path / f"case{case}" / "pkg"
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("from pkg.a import f\n")
+        (package / "a.py").write_text(f"def g():\n    {statement}\n")  # a lazy import counts too
+        (package / "b.py").write_text("import os\nfrom pkg.a import g\n")
+        graph = import_graph(package, "pkg")
+        assert target in graph["pkg.a"], (statement, graph)
+        assert find_cycle(graph) is not None, statement
+    (package / "a.py").write_text("import os\n")
+    assert find_cycle(import_graph(package, "pkg")) is None
+
+
+@pytest.mark.slow
+def test_the_installed_wheel_runs_with_the_default_config_inside_the_package(tmp_path):
+    """Built and unpacked like an install, run where the checkout cannot be imported: the wheel's own
+    `default.yaml` gives `fit` its defaults. A real process: its subject is the installed package."""
+    source = tmp_path / "source"  # the project's build inputs only: no stale build/ or egg-info of the checkout
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(PROJECT_ROOT / name, source / name)
+    shutil.copytree(PROJECT_ROOT / PACKAGE, source / PACKAGE, ignore=shutil.ignore_patterns("__pycache__"))
+    wheels = tmp_path / "wheels"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                            "-q", "-w", str(wheels), str(source)], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    [wheel] = wheels.glob("*.whl")
+    installed = tmp_path / "installed"
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        archive.extractall(installed)
+    shipped = {f"{PACKAGE}/{p.name}" for p in (PROJECT_ROOT / PACKAGE).glob("*.py")} | {f"{PACKAGE}/default.yaml"}
+    assert shipped <= names, sorted(shipped - names)  # every module: nothing falls back to the checkout
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(installed)}  # only the unpacked wheel, and a working folder outside the checkout
+    origin = subprocess.run([sys.executable, "-c", f"import importlib.util; print(importlib.util.find_spec({PACKAGE!r}).origin)"],
+                            cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60)
+    assert Path(origin.stdout.strip()).parent == installed / PACKAGE, origin.stdout + origin.stderr
+    result = subprocess.run([sys.executable, "-m", PACKAGE, "fit", "--print_config"], cwd=elsewhere, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    trainer = config["trainer"]
+    assert trainer["max_epochs"] == 3
+    assert trainer["logger"]["class_path"] == "pytorch_lightning.loggers.TensorBoardLogger"
+    callbacks = [c["class_path"] for c in trainer["callbacks"]]
+    assert callbacks == ["pytorch_lightning.callbacks.ModelCheckpoint", "pytorch_lightning.callbacks.LearningRateMonitor",
+                         "mnist_lightning.figures.ValidationFigures"], callbacks
+    net = config["model"]["init_args"]["net"]
+    assert net["class_path"] == "mnist_lightning.model.MLP" and net["init_args"]["hidden_sizes"] == [50]

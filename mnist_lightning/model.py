@@ -101,14 +101,32 @@ class MLP(nn.Module):
 
 
 def _is_plain(value: Any) -> bool:
-    """Data a checkpoint can hold and `torch.load(weights_only=True)` can read: no objects, no code."""
-    if value is None or isinstance(value, bool | int | float | str):
+    """Data a checkpoint can hold and `torch.load(weights_only=True)` can read: no objects, no code.
+
+    Exact types: jsonargparse's range types (`PositiveInt`, ...) are int and float subclasses, which
+    the weights-only unpickler refuses.
+    """
+    if value is None or type(value) in (bool, int, float, str):
         return True
-    if isinstance(value, list | tuple):
+    if type(value) in (list, tuple):
         return all(_is_plain(v) for v in value)
-    if isinstance(value, Mapping):
-        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    if type(value) is dict:
+        return all(type(k) is str and _is_plain(v) for k, v in value.items())
     return False
+
+
+def _plain(value: Any) -> Any:
+    """A copy of configs and numbers as built-in types only (see `_is_plain`)."""
+    if isinstance(value, bool):
+        return bool(value)
+    for kind in (int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
 
 
 def part_settings(hparams: Mapping[str, Any]) -> dict[str, Any]:
@@ -343,6 +361,9 @@ class MNISTClassifier(pl.LightningModule):
         learning-rate curve in TensorBoard).
         """
         probe = self.optimizer_factory([nn.Parameter(torch.zeros(1))])  # asks the optimizer its defaults
+        lr = probe.defaults.get("lr")
+        if isinstance(lr, int | float) and not lr > 0:  # torch takes 0 and then trains nothing, silently
+            raise UserInputError(f"model.optimizer.init_args.lr must be > 0; got {lr!r}.")
         if not probe.defaults.get("weight_decay"):
             return self.parameters()
         decayed = [p for p in self.parameters() if p.ndim >= 2]
@@ -386,8 +407,8 @@ class MNISTClassifier(pl.LightningModule):
         # objects, which __init__ does not keep: keep the configs, so a checkpoint saved again still has them.
         saved = checkpoint.get("hyper_parameters") or {}
         for key in PARTS:
-            if key not in self.hparams and key in saved and _is_plain(saved[key]):
-                self.hparams[key] = saved[key]
+            if key not in self.hparams and key in saved and _is_plain(_plain(saved[key])):
+                self.hparams[key] = _plain(saved[key])  # jsonargparse may have retyped its numbers in place
         rng = checkpoint.get("rng_state")
         # `_trainer`: a model loaded outside a Trainer (load_from_checkpoint) has none, and the public
         # `trainer` property raises there; the RNG belongs to a resumed fit only.
@@ -421,6 +442,8 @@ def _refusal_named(key: str, part: Any) -> Iterator[None]:
     user's setting, not a bug: one line naming the setting."""
     try:
         yield
+    except UserInputError:
+        raise
     except (ValueError, TypeError) as err:
         raise UserInputError(f"{key} ({_describe(part)}) refused its arguments: {first_line(err)}") from err
 

@@ -75,6 +75,16 @@ def tiny_data(tmp_path: Path) -> Path:
     return write_idx_dataset(tmp_path / "tiny")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread per test process: pytest-xdist already runs a process per core, and two threads
+    each would fight over the cores (a tiny fit took 6x longer). Runs that set torch_threads set their own."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared_tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny dataset written once per test process, for tests that only read it."""

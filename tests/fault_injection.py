@@ -1,7 +1,7 @@
 """Callbacks that inject faults at a chosen batch, for the fault-injection tests.
 
 They act only while FAULT_INJECTION=1 is set, because the run's saved config lists them too and the
-resumed process (started without it) must not fault again.
+resumed run (a process or an in-process `run_cli` without it) must not fault again.
 
 Added from the command line like any callback (tests put this folder on PYTHONPATH):
     --trainer.callbacks+=fault_injection.SignalAt --trainer.callbacks.epoch 1 --trainer.callbacks.batch 3 ...

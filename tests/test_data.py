@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import dis
 import gzip
+import importlib
+import importlib.machinery
+import importlib.util
 import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -13,7 +21,8 @@ from conftest import IDX_NAMES, write_idx_dataset
 from torchvision import transforms
 
 from mnist_lightning import MNISTDataModule
-from mnist_lightning.data import InMemoryDigits, ResumableDataLoader, split_indices
+from mnist_lightning.data import ResumableDataLoader, split_indices
+from mnist_lightning.digits import InMemoryDigits
 from mnist_lightning.errors import DataFileError, UserInputError
 
 
@@ -26,8 +35,8 @@ def make_dm(data_dir: Path, **kwargs) -> MNISTDataModule:
     return dm
 
 
-def test_split_sizes_and_test_set_untouched(tiny_data):
-    dm = make_dm(tiny_data)
+def test_split_sizes_and_test_set_untouched(shared_tiny_data):
+    dm = make_dm(shared_tiny_data)
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (500, 100, 200)
 
 
@@ -37,8 +46,8 @@ def test_train_and_val_are_disjoint_and_cover_the_training_images():
     assert sorted(train + val) == list(range(600))
 
 
-def test_same_split_for_the_same_seed_and_another_for_another_seed(tiny_data):
-    a, b, c = make_dm(tiny_data), make_dm(tiny_data), make_dm(tiny_data, split_seed=7)
+def test_same_split_for_the_same_seed_and_another_for_another_seed(shared_tiny_data):
+    a, b, c = make_dm(shared_tiny_data), make_dm(shared_tiny_data), make_dm(shared_tiny_data, split_seed=7)
     assert torch.equal(a.val_set.images, b.val_set.images)
     assert not torch.equal(a.val_set.images, c.val_set.images)
 
@@ -50,8 +59,8 @@ def test_split_matches_torch_random_split():
     assert train == list(ref_train) and val == list(ref_val)
 
 
-def test_batch_shapes_dtypes_and_range(tiny_data):
-    dm = make_dm(tiny_data)
+def test_batch_shapes_dtypes_and_range(shared_tiny_data):
+    dm = make_dm(shared_tiny_data)
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32
     assert y.shape == (64,) and y.dtype == torch.int64
@@ -60,8 +69,8 @@ def test_batch_shapes_dtypes_and_range(tiny_data):
     assert xv.shape[1:] == (1, 28, 28)
 
 
-def test_normalize_uses_the_dataset_mean_and_std(tiny_data):
-    plain, normed = make_dm(tiny_data), make_dm(tiny_data, normalize=True)
+def test_normalize_uses_the_dataset_mean_and_std(shared_tiny_data):
+    plain, normed = make_dm(shared_tiny_data), make_dm(shared_tiny_data, normalize=True)
     x = plain.val_set.__getitems__(list(range(10)))[0]
     xn = normed.val_set.__getitems__(list(range(10)))[0]
     torch.testing.assert_close(xn, (x - 0.1307) / 0.3081)
@@ -77,17 +86,17 @@ def test_both_layouts_gzipped_or_not(tmp_path, layout, gz):
     assert torch.equal(dm.test_set.labels, reference.test_set.labels)
 
 
-def test_setup_is_idempotent(tiny_data):
-    dm = make_dm(tiny_data)
+def test_setup_is_idempotent(shared_tiny_data):
+    dm = make_dm(shared_tiny_data)
     train, val, test = dm.train_set, dm.val_set, dm.test_set
     dm.setup("fit")
     dm.setup("test")
     assert dm.train_set is train and dm.val_set is val and dm.test_set is test
 
 
-def test_training_order_is_reproducible_per_epoch_and_differs_between_epochs(tiny_data):
+def test_training_order_is_reproducible_per_epoch_and_differs_between_epochs(shared_tiny_data):
     def first_labels(epoch: int) -> torch.Tensor:
-        loader = make_dm(tiny_data).train_dataloader()
+        loader = make_dm(shared_tiny_data).train_dataloader()
         loader.sampler.set_epoch(epoch)
         return next(iter(loader))[1]
 
@@ -95,8 +104,8 @@ def test_training_order_is_reproducible_per_epoch_and_differs_between_epochs(tin
     assert not torch.equal(first_labels(0), first_labels(1))
 
 
-def test_training_loader_is_shuffled_and_resumable(tiny_data):
-    loader = make_dm(tiny_data).train_dataloader()
+def test_training_loader_is_shuffled_and_resumable(shared_tiny_data):
+    loader = make_dm(shared_tiny_data).train_dataloader()
     assert isinstance(loader, ResumableDataLoader)
     assert isinstance(loader.sampler, torch.utils.data.RandomSampler)  # Lightning sees a shuffled loader
     full = [y for _, y in loader]
@@ -174,16 +183,62 @@ def test_a_truncated_gzip_is_named(tiny_data):
     assert str(path) in str(info.value)
 
 
+class _CompiledAsUnderPythonO(importlib.machinery.SourceFileLoader):
+    """Compiles a module from its source as `python -O` does: assert statements gone, __debug__ False
+    (and no cached bytecode read or written)."""
+
+    def get_code(self, fullname: str):
+        path = self.get_filename(fullname)
+        return compile(self.get_data(path), path, "exec", dont_inherit=True, optimize=1)
+
+
+class _ProjectUnderPythonO:
+    """Import finder: the project's modules through `_CompiledAsUnderPythonO`, everything else as usual."""
+
+    @staticmethod
+    def find_spec(name: str, path=None, target=None):
+        if name != "mnist_lightning" and not name.startswith("mnist_lightning."):
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.origin is None:
+            return None
+        return importlib.util.spec_from_file_location(name, spec.origin, loader=_CompiledAsUnderPythonO(name, spec.origin),
+                                                      submodule_search_locations=spec.submodule_search_locations)
+
+
+@contextmanager
+def project_as_under_python_O() -> Iterator[ModuleType]:
+    """The project imported afresh as `python -O` would compile it (the package module is yielded); the
+    modules of the rest of the session are put back afterwards. In this process: a `python -O`
+    process would spend most of a minute compiling torch and Lightning without their cached bytecode."""
+    def ours() -> list[str]:
+        return [n for n in sys.modules if n == "mnist_lightning" or n.startswith("mnist_lightning.")]
+
+    saved = {name: sys.modules.pop(name) for name in ours()}
+    sys.meta_path.insert(0, _ProjectUnderPythonO)
+    try:
+        yield importlib.import_module("mnist_lightning")
+    finally:
+        sys.meta_path.remove(_ProjectUnderPythonO)
+        for name in ours():
+            del sys.modules[name]
+        sys.modules.update(saved)
+
+
+def _asserts(function) -> int:
+    return sum(i.opname == "LOAD_ASSERTION_ERROR" for i in dis.get_instructions(function))
+
+
 def test_checks_survive_python_O(tiny_data):
     """Header checks are real errors, not asserts (which `python -O` removes)."""
-    import subprocess
-    import sys
-
     _corrupt(tiny_data, "train-images-idx3-ubyte", lambda b: b[:-100])
-    code = (f"from mnist_lightning import MNISTDataModule; "
-            f"MNISTDataModule(data_dir={str(tiny_data)!r}, verify=False, val_size=100).prepare_data()")
-    result = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True)
-    assert result.returncode != 0 and "truncated" in result.stderr
+    with project_as_under_python_O() as optimized:
+        errors = importlib.import_module("mnist_lightning.errors")
+        data = importlib.import_module("mnist_lightning.data")
+        # The test's own premise: the project code it runs has its asserts stripped, as under -O.
+        assert _asserts(MNISTDataModule._eval_loader) == 1 and _asserts(data.MNISTDataModule._eval_loader) == 0
+        with pytest.raises(errors.DataFileError, match="truncated"):
+            optimized.MNISTDataModule(data_dir=str(tiny_data), verify=False, val_size=100).prepare_data()
 
 
 def test_unofficial_files_fail_verification_with_the_fix_named(tiny_data):
@@ -214,8 +269,8 @@ def test_invalid_values_are_rejected_naming_the_field(kwargs, field):
         MNISTDataModule(**kwargs)
 
 
-def test_val_size_not_smaller_than_the_training_set_is_rejected(tiny_data):
-    dm = MNISTDataModule(data_dir=str(tiny_data), verify=False, val_size=600)
+def test_val_size_not_smaller_than_the_training_set_is_rejected(shared_tiny_data):
+    dm = MNISTDataModule(data_dir=str(shared_tiny_data), verify=False, val_size=600)
     with pytest.raises(UserInputError, match="val_size must be smaller than the 600 training images"):
         dm.setup("fit")
 
@@ -242,3 +297,16 @@ def test_real_mnist_files_verify_and_match_the_known_facts(real_data, tmp_path):
     with pytest.raises(DataFileError, match="SHA-256") as info:
         MNISTDataModule(data_dir=str(copy)).prepare_data()
     assert str(labels) in str(info.value)
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist", "kmnist"])
+def test_fixed_settings_are_the_declared_ones_and_every_dataset_has_ten_classes(dataset):
+    """What a checkpoint fixes (evaluation inherits it, a resume refuses changes, HPARAMS shows it) is
+    exactly what the data module declares; the net's outputs follow the dataset."""
+    dm = MNISTDataModule(dataset=dataset, normalize=True, split_seed=7, val_size=300, batch_size=32)
+    declared = (*MNISTDataModule.INPUT_SETTINGS, *MNISTDataModule.SPLIT_SETTINGS, *MNISTDataModule.RESUME_SETTINGS)
+    assert set(declared) == {"dataset", "normalize", "deskew", "split_seed", "val_size", "batch_size"}
+    assert dm.fixed_settings() == {"dataset": dataset, "normalize": True, "deskew": False, "split_seed": 7,
+                                   "val_size": 300, "batch_size": 32}
+    assert list(dm.fixed_settings()) == list(declared)
+    assert dm.num_classes == 10 == len(dm.classes)

@@ -2,8 +2,8 @@
 
 Facts come from outside the code: the MNIST constants are checked against the real files and the
 values their README publishes; the Fashion-MNIST and KMNIST verification is checked as a mechanism
-on tiny files (the real ones are not on these machines), and the Fashion-MNIST content checksums in
-`mnist_lightning.idx` cite their public source there.
+on tiny files (the real ones are not on these machines), and the values shipped for them against the
+published ones, copied here from their publishers.
 """
 
 from __future__ import annotations
@@ -172,6 +172,62 @@ def test_mnist_with_one_byte_changed_is_refused(mnist_test_split: Path, gz: bool
                                             "has SHA-256 [0-9a-f]{64} instead of ff7bcfd4"):
         load_split(mnist_test_split, DATASETS["mnist"], train=False)
     load_split(mnist_test_split, DATASETS["mnist"], train=False, verify_checksum=False)  # deliberately custom: fine
+
+
+# ------------------------------------------------------------- the shipped tables: published values
+# Copied from their publishers, not from mnist_lightning.idx, so a typo in a shipped value fails.
+# MD5 of the official .gz files: Fashion-MNIST's README (github.com/zalandoresearch/fashion-mnist), the
+# values torchvision lists for MNIST and KMNIST (torchvision.datasets.MNIST/KMNIST.resources).
+PUBLISHED_GZ_MD5 = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    },
+    "fashion_mnist": {
+        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+    },
+    "kmnist": {
+        "train-images-idx3-ubyte.gz": "bdb82020997e1d708af4cf47b453dcf7",
+        "train-labels-idx1-ubyte.gz": "e144d726b3acfaa3e44228e80efcd344",
+        "t10k-images-idx3-ubyte.gz": "5c965bf0a639b31b8f53240b1b52f4d7",
+        "t10k-labels-idx1-ubyte.gz": "7320c461ea6c1c855c0b718fb2a4b134",
+    },
+}
+# MD5 of the decompressed official Fashion-MNIST files, as `md5sum` of the gunzipped files is published
+# in public projects (and torchvision-style `raw_data` tables) and as the git-annex keys of
+# github.com/datasets-mila/datasets--fashionmnist.
+PUBLISHED_FASHION_MNIST_CONTENT_MD5 = {
+    "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+    "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+    "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+}
+
+
+def test_the_shipped_checksums_are_the_published_ones():
+    """What verification compares against: MNIST's content SHA-256 (checked against the data folder's
+    README and the real files by the real_data tests above), Fashion-MNIST's content MD5 and every
+    dataset's .gz MD5; KMNIST has no published content checksum, so none is shipped."""
+    torchvision_md5 = {name: dict(DATASETS[name].torchvision_class.resources) for name in DATASETS}
+    assert set(DATASETS) == set(PUBLISHED_GZ_MD5)
+    for name, spec in DATASETS.items():
+        assert [(f.name, f.count) for f in spec.files] == [
+            ("train-images-idx3-ubyte", 60_000), ("train-labels-idx1-ubyte", 60_000),
+            ("t10k-images-idx3-ubyte", 10_000), ("t10k-labels-idx1-ubyte", 10_000)]
+        for file in spec.files:
+            gz = f"{file.name}.gz"
+            assert file.gz_md5 == PUBLISHED_GZ_MD5[name][gz] == torchvision_md5[name][gz], (name, gz)
+    for file in DATASETS["fashion_mnist"].files:
+        assert file.sha256 is None and file.content_md5 == PUBLISHED_FASHION_MNIST_CONTENT_MD5[file.name], file.name
+        assert file.content_checksum == ("md5", PUBLISHED_FASHION_MNIST_CONTENT_MD5[file.name])
+    assert all(file.sha256 is None and file.content_md5 is None for file in DATASETS["kmnist"].files)
+    assert all(file.content_checksum == ("sha256", file.sha256) and len(file.sha256) == 64
+               for file in DATASETS["mnist"].files)
 
 
 # ---------------------------------------------------- Fashion-MNIST and KMNIST: the mechanism, tiny files

@@ -1,17 +1,53 @@
-"""MNISTClassifier and its MLP: shapes, architecture, hyperparameters, metrics, checkpoints."""
+"""MNISTClassifier and its parts: the MLP, injected nets, optimizers and schedules, hyperparameters,
+metrics, checkpoints."""
 
 from __future__ import annotations
 
+import csv
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from mnist_lightning import MLP, MNISTClassifier, MNISTDataModule
 from mnist_lightning.errors import CheckpointError, UserInputError
+from mnist_lightning.model import part_settings
 from mnist_lightning.resume import SafeCheckpointIO, load_checkpoint_file
+from mnist_lightning.schedules import Cosine, OneCycle
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for these fits, as the CLI's default config has it (torch_threads: 1): for
+    nets this small, on a small shared CPU, thread hand-offs cost more than the math (a fit takes
+    seconds instead of one under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class SmallCNN(nn.Module):
+    """A net that is not the MLP: convolution kernels, a BatchNorm2d's scale and shift, a Linear head."""
+
+    def __init__(self, width: int = 4, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                                      nn.MaxPool2d(4))
+        self.head = nn.Linear(width * 7 * 7, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+def adam(lr: float) -> partial:
+    """Adam at `lr`: what `--model.optimizer.init_args.lr` gives under the CLI."""
+    return partial(torch.optim.Adam, lr=lr)
 
 
 def test_tutorial_net_is_784_50_10_with_relu_between_and_none_on_logits():
@@ -20,10 +56,11 @@ def test_tutorial_net_is_784_50_10_with_relu_between_and_none_on_logits():
     assert [(m.in_features, m.out_features) for m in linears] == [(784, 50), (50, 10)]
     assert isinstance(net.layers[-1], nn.Linear)  # logits come straight from the last Linear
     assert sum(isinstance(m, nn.ReLU) for m in net.modules()) == 1
+    assert isinstance(MNISTClassifier().net, MLP) and str(MNISTClassifier().net) == str(net)  # the default net
 
 
 def test_output_shape_and_logits_can_be_negative():
-    model = MNISTClassifier(hidden_sizes=[32, 16])
+    model = MNISTClassifier(net=MLP([32, 16]))
     logits = model(torch.rand(5, 1, 28, 28))
     assert logits.shape == (5, 10)
     assert (logits < 0).any()  # no ReLU (or other clamp) on the logits
@@ -36,20 +73,60 @@ def test_options_build_the_documented_layers():
                      "Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear"]
 
 
-def test_hyperparameters_are_saved():
-    model = MNISTClassifier(hidden_sizes=[100, 20], lr=3e-4)
-    assert model.hparams.hidden_sizes == [100, 20] and model.hparams.lr == 3e-4
+def test_cli_part_configs_survive_a_checkpoint_and_rebuild_the_net(trained_run):
+    """Under the CLI the parts are stored as class path + init args, so the checkpoint alone rebuilds
+    them: the net with its weights, and the optimizer with its settings."""
+    checkpoint = torch.load(trained_run.last, weights_only=True)
+    saved = checkpoint["hyper_parameters"]
+    assert saved["net"] == {"class_path": "mnist_lightning.model.MLP", "init_args": {
+        "hidden_sizes": [50], "num_classes": 10, "dropout": 0.0, "input_dropout": 0.0, "batch_norm": False}}
+    assert saved["optimizer"]["class_path"] == "torch.optim.Adam" and saved["optimizer"]["init_args"]["lr"] == 0.001
+    assert saved["lr_scheduler"] is None
+    loaded = MNISTClassifier.load_from_checkpoint(trained_run.last, weights_only=True)
+    assert isinstance(loaded.net, MLP) and str(loaded.net) == str(MLP([50]))
+    assert loaded.state_dict().keys() == checkpoint["state_dict"].keys()
+    for name, value in checkpoint["state_dict"].items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    optimizer = loaded.configure_optimizers()
+    assert type(optimizer) is torch.optim.Adam and optimizer.defaults["lr"] == 0.001
+    assert {k: loaded.hparams[k] for k in ("net", "optimizer", "lr_scheduler")} == {
+        k: saved[k] for k in ("net", "optimizer", "lr_scheduler")}
+
+
+def test_a_model_loaded_from_a_cli_checkpoint_saves_a_checkpoint_that_loads_weights_only(trained_run, tmp_path):
+    """Fine-tuning or re-saving a loaded model must write what `load_checkpoint_file` accepts, the
+    parts' configs included (so the new checkpoint rebuilds the net too)."""
+    loaded = MNISTClassifier.load_from_checkpoint(trained_run.last, weights_only=True)
+    trainer = _trainer(tmp_path, max_epochs=0)
+    trainer.strategy.connect(loaded)
+    trainer.save_checkpoint(tmp_path / "again.ckpt")
+    again = torch.load(tmp_path / "again.ckpt", weights_only=True)["hyper_parameters"]
+    saved = torch.load(trained_run.last, weights_only=True)["hyper_parameters"]
+    assert {k: again[k] for k in ("net", "optimizer", "lr_scheduler")} == {
+        k: saved[k] for k in ("net", "optimizer", "lr_scheduler")}
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "field"),
-    [({"lr": 0.0}, "lr"), ({"lr": -1e-3}, "lr"), ({"hidden_sizes": []}, "hidden_sizes"),
-     ({"hidden_sizes": [50, 0]}, "hidden_sizes"), ({"hidden_sizes": [-5]}, "hidden_sizes"),
-     ({"dropout": 1.0}, "dropout"), ({"weight_decay": -1.0}, "weight_decay")],
+    ("build", "match"),
+    [(lambda: MNISTClassifier(optimizer=adam(-1e-3)).configure_optimizers(),
+      r"model.optimizer \(torch.optim.adam.Adam\) refused its arguments: Invalid learning rate"),
+     (lambda: MNISTClassifier(optimizer=adam(0.0)).configure_optimizers(), r"model.optimizer.init_args.lr must be > 0"),
+     (lambda: MNISTClassifier(optimizer=partial(torch.optim.AdamW, lr=1e-3, weight_decay=-1.0)).configure_optimizers(),
+      r"model.optimizer \(torch.optim.adamw.AdamW\) refused its arguments: .*weight_decay"),
+     (lambda: MNISTClassifier(lr_scheduler=partial(torch.optim.lr_scheduler.StepLR)).configure_optimizers(),
+      r"model.lr_scheduler \(torch.optim.lr_scheduler.StepLR\) refused its arguments: .*step_size"),
+     (lambda: MLP([]), "hidden_sizes"), (lambda: MLP([50, 0]), "hidden_sizes"), (lambda: MLP([-5]), "hidden_sizes"),
+     (lambda: MLP(dropout=1.0), "dropout"), (lambda: MLP(input_dropout=-0.1), "input_dropout"),
+     (lambda: MNISTClassifier(label_smoothing=1.0), "model.label_smoothing"),
+     (lambda: MNISTClassifier(num_classes=1), "model.num_classes"),
+     (lambda: MNISTClassifier(lr_scheduler_interval="batch"), "model.lr_scheduler_interval"),
+     (lambda: OneCycle(warmup=1.0), "model.lr_scheduler.init_args.warmup")],
 )
-def test_invalid_hyperparameters_are_rejected_naming_the_field(kwargs, field):
-    with pytest.raises(UserInputError, match=f"model.{field}"):
-        MNISTClassifier(**kwargs)
+def test_invalid_hyperparameters_are_rejected_naming_the_field(build, match):
+    """A bad value is the user's setting: one UserInputError naming it (an optimizer or schedule that
+    refuses its arguments as torch builds it included), not torch's bare ValueError."""
+    with pytest.raises(UserInputError, match=match):
+        build()
 
 
 def _trainer(tmp_path: Path, **kwargs) -> pl.Trainer:
@@ -58,10 +135,10 @@ def _trainer(tmp_path: Path, **kwargs) -> pl.Trainer:
     return pl.Trainer(**{**defaults, **kwargs})
 
 
-def test_fit_logs_the_documented_metrics_and_learns(tiny_data, tmp_path):
+def test_fit_logs_the_documented_metrics_and_learns(shared_tiny_data, tmp_path):
     pl.seed_everything(0)
-    dm = MNISTDataModule(data_dir=str(tiny_data), verify=False, val_size=100)
-    model = MNISTClassifier(lr=3e-3)
+    dm = MNISTDataModule(data_dir=str(shared_tiny_data), verify=False, val_size=100)
+    model = MNISTClassifier(optimizer=adam(3e-3))
     trainer = _trainer(tmp_path, max_epochs=3)
     trainer.fit(model, dm)
     metrics = trainer.callback_metrics
@@ -73,16 +150,62 @@ def test_fit_logs_the_documented_metrics_and_learns(tiny_data, tmp_path):
     assert 0.9 < trainer.callback_metrics["test/acc"] <= 1.0
 
 
-def test_overfitting_a_few_batches_reaches_full_training_accuracy(tiny_data, tmp_path):
+def test_overfitting_a_few_batches_reaches_full_training_accuracy(shared_tiny_data, tmp_path):
     pl.seed_everything(0)
-    dm = MNISTDataModule(data_dir=str(tiny_data), verify=False, val_size=100)
-    trainer = _trainer(tmp_path, max_epochs=40, overfit_batches=2, check_val_every_n_epoch=40)
-    trainer.fit(MNISTClassifier(lr=1e-2), dm)
+    dm = MNISTDataModule(data_dir=str(shared_tiny_data), verify=False, val_size=100)
+    # Full accuracy comes within 3 epochs of these 2 batches; 10 leave a wide margin.
+    trainer = _trainer(tmp_path, max_epochs=10, overfit_batches=2, check_val_every_n_epoch=10)
+    trainer.fit(MNISTClassifier(optimizer=adam(1e-2)), dm)
     assert trainer.callback_metrics["train/acc"] == 1.0
 
 
-def _save_checkpoint(tmp_path: Path, model: MNISTClassifier, tiny_data: Path) -> Path:
-    dm = MNISTDataModule(data_dir=str(tiny_data), verify=False, val_size=100)
+def test_loss_smooths_the_labels_in_training_only():
+    """Label smoothing regularises training; validation and test losses stay plain cross-entropy, so
+    they compare across runs with any smoothing."""
+    model = MNISTClassifier(label_smoothing=0.2)
+    logits, targets = torch.randn(8, 10), torch.randint(0, 10, (8,))
+    plain = F.cross_entropy(logits, targets)
+    assert torch.equal(model.loss(logits, targets), plain)
+    assert torch.equal(model.loss(logits, targets, training=True), F.cross_entropy(logits, targets, label_smoothing=0.2))
+    assert not torch.equal(model.loss(logits, targets, training=True), plain)
+    batch = (torch.rand(8, 1, 28, 28), targets)
+    with torch.no_grad():
+        assert torch.equal(model.model_step(batch)[0], F.cross_entropy(model(batch[0]), targets))
+        assert torch.equal(model.model_step(batch, training=True)[0],
+                           F.cross_entropy(model(batch[0]), targets, label_smoothing=0.2))
+
+
+def test_part_settings_flattens_the_parts_as_documented():
+    """Keys as on the command line, so a resume refusal or the HPARAMS row names the exact setting."""
+    hparams = {
+        "net": {"class_path": "my_nets.SmallCNN", "init_args": {
+            "width": 16, "num_classes": 10, "act": {"class_path": "torch.nn.ReLU", "init_args": {}}}},
+        "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05, "betas": (0.9, 0.99)}},
+        "lr_scheduler": None,
+        "label_smoothing": 0.1,
+        "extra": {"a": 1, "b": {"c": [2]}},
+        "_class_path": "mnist_lightning.model.MNISTClassifier",
+        "_instantiator": "lightning.cli.instantiate_module",
+    }
+    assert part_settings(hparams) == {
+        "net": "my_nets.SmallCNN", "net.init_args.width": 16, "net.init_args.num_classes": 10,
+        "net.init_args.act": "torch.nn.ReLU",
+        "optimizer": "torch.optim.SGD", "optimizer.init_args.lr": 0.05, "optimizer.init_args.betas": [0.9, 0.99],
+        "lr_scheduler": None, "label_smoothing": 0.1, "extra.a": 1, "extra.b.c": [2],
+    }
+
+
+@pytest.fixture(scope="module")
+def python_checkpoint(tmp_path_factory: pytest.TempPathFactory, shared_tiny_data: Path) -> tuple[Path, dict]:
+    """A checkpoint of a model built in Python with objects for every part, and its weights."""
+    tmp_path = tmp_path_factory.mktemp("python_checkpoint")
+    model = MNISTClassifier(net=MLP([40, 20]), optimizer=partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.01),
+                            lr_scheduler=OneCycle(), label_smoothing=0.1)
+    return _save_checkpoint(tmp_path, model, shared_tiny_data), {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _save_checkpoint(tmp_path: Path, model: MNISTClassifier, data_dir: Path) -> Path:
+    dm = MNISTDataModule(data_dir=str(data_dir), verify=False, val_size=100)
     trainer = _trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
     trainer.fit(model, dm)
     path = tmp_path / "model.ckpt"
@@ -90,24 +213,36 @@ def _save_checkpoint(tmp_path: Path, model: MNISTClassifier, tiny_data: Path) ->
     return path
 
 
-def test_checkpoint_round_trip_restores_hyperparameters_and_weights(tiny_data, tmp_path):
-    model = MNISTClassifier(hidden_sizes=[40, 20])
-    path = _save_checkpoint(tmp_path, model, tiny_data)
-    loaded = MNISTClassifier.load_from_checkpoint(path, weights_only=True)
-    assert loaded.hparams.hidden_sizes == [40, 20]
-    for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
+def test_checkpoint_round_trip_restores_hyperparameters_and_weights(python_checkpoint):
+    """Objects passed in Python are not stored (they could not be loaded safely): passed again to
+    `load_from_checkpoint`, they get the checkpoint's weights; the plain settings come back by themselves."""
+    path, weights = python_checkpoint
+    saved = torch.load(path, weights_only=True)["hyper_parameters"]
+    assert not {"net", "optimizer", "lr_scheduler"} & set(saved)
+    loaded = MNISTClassifier.load_from_checkpoint(path, net=MLP([40, 20]), weights_only=True)
+    assert loaded.hparams.label_smoothing == 0.1
+    assert loaded.state_dict().keys() == weights.keys()
+    for name, value in weights.items():
+        assert torch.equal(loaded.state_dict()[name], value), name
 
 
-def test_checkpoint_of_another_architecture_is_refused_with_nothing_loaded(tiny_data, tmp_path):
-    path = _save_checkpoint(tmp_path, MNISTClassifier(hidden_sizes=[40]), tiny_data)
-    model = MNISTClassifier(hidden_sizes=[50])
+def test_checkpoint_of_another_architecture_is_refused_with_nothing_loaded(trained_run):
+    """The message names the checkpoint's net settings and every weight that does not fit."""
+    checkpoint = load_checkpoint_file(trained_run.last)  # the CLI's default net: MLP [50]
+    model = MNISTClassifier(net=MLP([40]))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(CheckpointError, match=r"hidden_sizes=\[40\].*hidden_sizes=\[50\].*net.layers.1.weight"):
-        model.on_load_checkpoint(load_checkpoint_file(path))
+    with pytest.raises(CheckpointError) as info:
+        model.on_load_checkpoint(checkpoint)
+    message = str(info.value)
+    assert "the checkpoint's net (model.net='mnist_lightning.model.MLP', model.net.init_args.hidden_sizes=[50]" in message
+    assert "does not match this model's net (mnist_lightning.model.MLP)" in message
+    assert "net.layers.1.weight: checkpoint (50, 784) vs model (40, 784)" in message
+    assert "net.layers.3.weight: checkpoint (10, 50) vs model (10, 40)" in message
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(CheckpointError, match=r"missing net.features.0.weight.*unexpected net.layers.1.weight"):
+        MNISTClassifier(net=SmallCNN()).on_load_checkpoint(checkpoint)  # another kind of net: keys named
     with pytest.raises(CheckpointError, match="does not match"):
-        MNISTClassifier.load_from_checkpoint(path, hidden_sizes=[50], weights_only=True)
+        MNISTClassifier.load_from_checkpoint(trained_run.last, net=MLP([40]), weights_only=True)
 
 
 class _Payload:
@@ -132,8 +267,8 @@ def test_checkpoint_with_a_code_running_pickle_is_refused_and_the_code_does_not_
     assert marker.read_text() == "pwned"
 
 
-def test_truncated_checkpoint_is_named_and_the_previous_good_one_survives(tiny_data, tmp_path):
-    path = _save_checkpoint(tmp_path, MNISTClassifier(), tiny_data)
+def test_truncated_checkpoint_is_named_and_the_previous_good_one_survives(trained_run, tmp_path):
+    path = trained_run.last
     good = path.read_bytes()
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(good[: len(good) // 2])
@@ -141,6 +276,7 @@ def test_truncated_checkpoint_is_named_and_the_previous_good_one_survives(tiny_d
         load_checkpoint_file(broken)
     assert str(broken) in str(info.value)
     assert load_checkpoint_file(path)["state_dict"]  # the good one is untouched
+    assert path.read_bytes() == good
 
 
 def test_a_failed_save_raises_and_leaves_the_old_checkpoint_in_place(tmp_path, monkeypatch):
@@ -156,28 +292,47 @@ def test_a_failed_save_raises_and_leaves_the_old_checkpoint_in_place(tmp_path, m
     with pytest.raises(CheckpointError, match="could not write checkpoint"):
         io.save_checkpoint({"state_dict": {"w": torch.zeros(2)}}, target)
     assert target.read_bytes() == old
-    assert not (tmp_path / "last.ckpt.tmp").exists()
+    # The temporary file (`last.ckpt.<pid>.tmp`, whatever its name) is gone too: the folder holds only the old file.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 
 
-def test_checkpoint_payload_is_plain_data(tiny_data, tmp_path):
-    """What the project writes loads with weights_only=True (no pickled objects needed)."""
-    path = _save_checkpoint(tmp_path, MNISTClassifier(), tiny_data)
-    checkpoint = torch.load(path, weights_only=True)
-    assert isinstance(checkpoint["rng_state"]["torch"], torch.Tensor)  # for an exact resume
+def test_checkpoint_payload_is_plain_data(python_checkpoint, trained_run):
+    """What the project writes loads with weights_only=True (no pickled objects needed), whether the
+    parts were objects passed in Python or configs given on the command line."""
+    for path in (python_checkpoint[0], trained_run.last):
+        checkpoint = torch.load(path, weights_only=True)
+        assert isinstance(checkpoint["rng_state"]["torch"], torch.Tensor)  # for an exact resume
 
 
-def test_weight_decay_applies_to_weight_matrices_only():
-    model = MNISTClassifier(hidden_sizes=[32], batch_norm=True, optimizer="adamw", weight_decay=0.05)
-    groups = model.configure_optimizers().param_groups
-    decayed = {id(p) for g in groups if g["weight_decay"] == 0.05 for p in g["params"]}
+def _group_of(optimizer: torch.optim.Optimizer) -> dict[int, dict]:
+    groups = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            assert id(p) not in groups, "a parameter in two groups"
+            groups[id(p)] = group
+    return groups
+
+
+@pytest.mark.parametrize("net", [lambda: MLP([32], batch_norm=True), lambda: SmallCNN()], ids=["mlp_bn", "cnn_bn2d"])
+@pytest.mark.parametrize("optimizer", [partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.05),
+                                       partial(torch.optim.SGD, lr=0.1, weight_decay=0.05)], ids=["adamw", "sgd"])
+def test_weight_decay_applies_to_weight_matrices_only(net, optimizer):
+    """For any net and optimizer: the optimizer's weight decay reaches the weight matrices and kernels
+    (ndim >= 2), and biases and normalisation scales (ndim < 2) get none."""
+    model = MNISTClassifier(net=net(), optimizer=optimizer)
+    groups = _group_of(model.configure_optimizers())
+    assert len(groups) == len(list(model.parameters()))  # every parameter, once
     for name, p in model.named_parameters():
-        assert (id(p) in decayed) == (p.ndim >= 2), name
-    tutorial = MNISTClassifier().configure_optimizers()
+        assert groups[id(p)]["weight_decay"] == (0.05 if p.ndim >= 2 else 0.0), name
+    assert {p.ndim for p in model.parameters()} == {1, 2} | ({4} if isinstance(model.net, SmallCNN) else set())
+    # The matrices' group leaves weight_decay unset, so the optimizer's own value (or default) applies.
+    assert [set(g) - {"params"} for g in model.parameter_groups()] == [set(), {"weight_decay"}]
+    tutorial = MNISTClassifier().configure_optimizers()  # Adam's default: no decay at all, so one group
     assert len(tutorial.param_groups) == 1 and tutorial.param_groups[0]["weight_decay"] == 0
 
 
-def test_validation_loss_is_the_mean_over_images_not_over_batches(tiny_data, tmp_path):
-    dm = MNISTDataModule(data_dir=str(tiny_data), verify=False, val_size=100, eval_batch_size=64)  # 64 + 36
+def test_validation_loss_is_the_mean_over_images_not_over_batches(shared_tiny_data, tmp_path):
+    dm = MNISTDataModule(data_dir=str(shared_tiny_data), verify=False, val_size=100, eval_batch_size=64)  # 64 + 36
     model = MNISTClassifier()
     metrics = _trainer(tmp_path).validate(model, dm, verbose=False)[0]
     x, y = dm.val_set.__getitems__(list(range(100)))
@@ -186,16 +341,45 @@ def test_validation_loss_is_the_mean_over_images_not_over_batches(tiny_data, tmp
     assert metrics["val/loss"] == pytest.approx(float(expected), rel=1e-5)
 
 
+# ------------------------------------------------------------------ schedules
+def _lrs(schedule, steps: int, lr: float = 0.2) -> tuple[list[float], float, torch.optim.lr_scheduler.LRScheduler]:
+    """The learning rate each of `steps` optimizer steps used, the rate after them, and the scheduler."""
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(2))], lr=lr)
+    scheduler = schedule(optimizer, steps)
+    used = []
+    for _ in range(steps):
+        used.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return used, optimizer.param_groups[0]["lr"], scheduler
+
+
+def test_one_cycle_peaks_at_the_optimizers_lr_after_the_warmup_and_spans_the_steps_given():
+    used, _, scheduler = _lrs(OneCycle(warmup=0.25), 40)
+    assert max(used) == pytest.approx(0.2)  # the optimizer's lr is the peak
+    assert used.index(max(used)) == 9  # the warm-up's last step: 25% of 40 steps (torch counts from 0)
+    assert used[0] == pytest.approx(0.2 / 25)
+    assert used[-1] == pytest.approx(0.2 / 25 / 1e4)  # the 40th step is the schedule's last
+    with pytest.raises(ValueError, match="Tried to step 41 times"):
+        scheduler.step()  # and there is no 41st
+
+
+def test_cosine_ends_at_eta_min_after_the_steps_given():
+    used, after, _ = _lrs(Cosine(eta_min=1e-4), 20)
+    assert used[0] == pytest.approx(0.2) and used[10] == pytest.approx((0.2 + 1e-4) / 2)
+    assert after == pytest.approx(1e-4) and min(used) > 1e-4 and used == sorted(used, reverse=True)
+
+
 # ------------------------------------------------------------------ every Trainer flag works with the idiomatic class
-def _fit_idiomatic(tiny_data: Path, tmp_path: Path, model: MNISTClassifier | None = None, **trainer_kwargs) -> pl.Trainer:
+def _fit_idiomatic(data_dir: Path, tmp_path: Path, model: MNISTClassifier | None = None, **trainer_kwargs) -> pl.Trainer:
     pl.seed_everything(3)
-    dm = MNISTDataModule(data_dir=str(tiny_data), verify=False, val_size=100, batch_size=32)  # 16 batches an epoch
+    dm = MNISTDataModule(data_dir=str(data_dir), verify=False, val_size=100, batch_size=32)  # 16 batches an epoch
     trainer = _trainer(tmp_path, **{"max_epochs": 2, **trainer_kwargs})
-    trainer.fit(model or MNISTClassifier(lr=3e-3), dm)
+    trainer.fit(model or MNISTClassifier(optimizer=adam(3e-3)), dm)
     return trainer
 
 
-def test_gradient_clipping_bounds_every_update(tiny_data, tmp_path):
+def test_gradient_clipping_bounds_every_update(shared_tiny_data, tmp_path):
     norms = []
 
     class GradNorm(pl.Callback):
@@ -203,16 +387,22 @@ def test_gradient_clipping_bounds_every_update(tiny_data, tmp_path):
             grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
             norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
 
-    _fit_idiomatic(tiny_data, tmp_path, MNISTClassifier(lr=0.5), gradient_clip_val=0.01, callbacks=[GradNorm()])
+    _fit_idiomatic(shared_tiny_data, tmp_path, MNISTClassifier(optimizer=adam(0.5)), gradient_clip_val=0.01,
+                   callbacks=[GradNorm()])
     assert norms and max(norms) <= 0.01 + 1e-6  # Lightning clipped before every step
 
 
-def test_gradient_accumulation_halves_the_optimizer_steps(tiny_data, tmp_path):
-    trainer = _fit_idiomatic(tiny_data, tmp_path, accumulate_grad_batches=2)
+def test_gradient_accumulation_halves_the_optimizer_steps(shared_tiny_data, tmp_path):
+    """Also: a RunSchedule spans the run's optimizer steps (`estimated_stepping_batches`), not its batches."""
+    model = MNISTClassifier(optimizer=adam(3e-3), lr_scheduler=OneCycle())
+    trainer = _fit_idiomatic(shared_tiny_data, tmp_path, model, accumulate_grad_batches=2)
     assert trainer.global_step == 2 * 16 // 2
+    config = trainer.lr_scheduler_configs[0]
+    assert config.interval == "step" and config.scheduler.total_steps == trainer.estimated_stepping_batches == 16
+    assert config.scheduler.last_epoch == 16  # stepped once per optimizer step: the schedule ended with the run
 
 
-def test_validation_inside_an_epoch(tiny_data, tmp_path):
+def test_validation_inside_an_epoch(shared_tiny_data, tmp_path):
     runs = []
 
     class CountValidations(pl.Callback):
@@ -220,41 +410,43 @@ def test_validation_inside_an_epoch(tiny_data, tmp_path):
             if not trainer.sanity_checking:
                 runs.append(trainer.global_step)
 
-    _fit_idiomatic(tiny_data, tmp_path, val_check_interval=4, callbacks=[CountValidations()])
+    _fit_idiomatic(shared_tiny_data, tmp_path, val_check_interval=4, callbacks=[CountValidations()])
     assert runs == [4, 8, 12, 16, 20, 24, 28, 32]
 
 
-def test_learning_rate_monitor_logs_a_per_batch_schedule_every_step(tiny_data, tmp_path):
+def test_learning_rate_monitor_logs_a_per_batch_schedule_every_step(shared_tiny_data, tmp_path):
     from pytorch_lightning.callbacks import LearningRateMonitor
     from pytorch_lightning.loggers import CSVLogger
 
-    model = MNISTClassifier(lr=3e-3, lr_schedule="onecycle")
-    _fit_idiomatic(tiny_data, tmp_path, model, logger=CSVLogger(tmp_path), log_every_n_steps=1,
+    model = MNISTClassifier(optimizer=adam(3e-3), lr_scheduler=OneCycle())
+    _fit_idiomatic(shared_tiny_data, tmp_path, model, logger=CSVLogger(tmp_path), log_every_n_steps=1,
                    callbacks=[LearningRateMonitor(logging_interval="step")])
-    import csv
-
-    rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
+    with open(next(tmp_path.rglob("metrics.csv"))) as f:
+        rows = list(csv.DictReader(f))
     lrs = [float(r["lr-Adam"]) for r in rows if r.get("lr-Adam")]
     assert len(lrs) == 32  # one per optimizer step: the scheduler steps per batch ("interval": "step")
     assert max(lrs) == pytest.approx(3e-3, rel=0.05) and lrs[0] < lrs[10] and lrs[-1] < lrs[16]
 
 
-def test_max_steps_stops_at_exactly_that_step(tiny_data, tmp_path):
-    assert _fit_idiomatic(tiny_data, tmp_path, max_steps=7).global_step == 7
+def test_max_steps_stops_at_exactly_that_step(shared_tiny_data, tmp_path):
+    assert _fit_idiomatic(shared_tiny_data, tmp_path, max_steps=7).global_step == 7
 
 
-def test_bf16_mixed_precision_trains_on_cpu(tiny_data, tmp_path):
-    trainer = _fit_idiomatic(tiny_data, tmp_path, precision="bf16-mixed")
+def test_bf16_mixed_precision_trains_on_cpu(shared_tiny_data, tmp_path):
+    trainer = _fit_idiomatic(shared_tiny_data, tmp_path, precision="bf16-mixed")
     assert trainer.precision == "bf16-mixed" and trainer.callback_metrics["val/acc"] > 0.5
 
 
-def test_a_scheduler_stepped_per_epoch_is_stepped_per_epoch(tiny_data, tmp_path):
-    class StepLRPerEpoch(MNISTClassifier):
-        def configure_optimizers(self):
-            optimizer = torch.optim.Adam(self.parameters(), lr=1e-2)
-            return {"optimizer": optimizer,
-                    "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 1, 0.5), "interval": "epoch"}}
-
-    model = StepLRPerEpoch()
-    trainer = _fit_idiomatic(tiny_data, tmp_path, model, max_epochs=3)
-    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-2 * 0.5**3)
+@pytest.mark.parametrize(("interval", "trainer_kwargs", "halvings"), [
+    ("epoch", {"max_epochs": 3}, 3),  # 48 optimizer steps, 3 epochs
+    ("step", {"max_epochs": 1, "limit_train_batches": 6, "accumulate_grad_batches": 2}, 3),  # 6 batches, 3 steps
+])
+def test_a_torch_scheduler_is_stepped_per_epoch_or_per_optimizer_step_as_configured(
+        interval, trainer_kwargs, halvings, shared_tiny_data, tmp_path):
+    """Any torch scheduler, by `lr_scheduler` and `lr_scheduler_interval`, stepped by the module's own
+    configure_optimizers: once per epoch, or once per optimizer step (not per batch)."""
+    model = MNISTClassifier(optimizer=adam(1e-2), lr_scheduler_interval=interval,
+                            lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5))
+    trainer = _fit_idiomatic(shared_tiny_data, tmp_path, model, **trainer_kwargs)
+    assert trainer.lr_scheduler_configs[0].interval == interval
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-2 * 0.5**halvings)

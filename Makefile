@@ -21,8 +21,10 @@ venv: $(VENV)/.installed
 train: venv
 	$(PY) -m mnist_lightning fit --config $(CONFIG) --data.data_dir $(DATA_DIR)
 
+# The whole suite on every core (pytest-xdist; worksteal rebalances the long tests). The inner loop,
+# in about a minute: $(PY) -m pytest -m "not slow and not real_data" -n auto
 test: venv
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --dist worksteal
 
 lint: venv
 	$(PY) -m ruff check .

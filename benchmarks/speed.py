@@ -12,7 +12,7 @@ Adam 1e-3, batch 64, 3 epochs, seed 42), each in a fresh process:
   bare        a bare PyTorch loop over in-memory tensors with plain torch.optim.Adam (no Lightning,
               no logging, no validation): the reference of the per-epoch goals
   bare_fused  the same loop with the fused Adam kernel the project's classes use
-  default     `python -m mnist_lightning fit` with configs/default.yaml (the idiomatic
+  default     `python -m mnist_lightning fit` with mnist_lightning/default.yaml (the idiomatic
               MNISTClassifier; validation every epoch, TensorBoard with figures, checkpoints,
               metrics, progress bar), then `test` on its last.ckpt for the test accuracy
   fast        the same with --config configs/fast.yaml (FastMNISTClassifier)

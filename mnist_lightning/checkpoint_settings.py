@@ -16,6 +16,7 @@ with only `--ckpt_path` (the rest at the defaults) takes everything from the che
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,10 +90,20 @@ def check_resumed_run(checkpoint: dict[str, Any], given: Namespace, defaults: Na
         raise UserInputError(mismatch("fit", "seed_everything", seed, saved_seed))
 
 
-def named_on_command_line(argv: list[str]) -> OnCommandLine:
-    """Whether `--KEY` is among `argv`, in any of jsonargparse's spellings (`init_args.` written or not)."""
-    def norm(key: str) -> str:
-        return ".".join(part for part in key.split(".") if part != "init_args")
+def _without_init_args(key: str) -> str:
+    return ".".join(part for part in key.split(".") if part != "init_args")
 
-    given = {norm(a[2:].split("=", 1)[0]) for a in argv if a.startswith("--")}
-    return lambda key: norm(key) in given
+
+@dataclass(frozen=True)
+class NamedOnCommandLine:
+    """Whether `--KEY` is among the command line's options, in any of jsonargparse's spellings (`init_args.`
+    written or not). A class, not a closure: ddp_spawn pickles the Trainer, and the CLI with it."""
+
+    given: frozenset[str]
+
+    @classmethod
+    def of(cls, argv: list[str]) -> NamedOnCommandLine:
+        return cls(frozenset(_without_init_args(a[2:].split("=", 1)[0]) for a in argv if a.startswith("--")))
+
+    def __call__(self, key: str) -> bool:
+        return _without_init_args(key) in self.given

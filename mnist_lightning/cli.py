@@ -142,7 +142,7 @@ class MNISTLightningCLI(LightningCLI):
         """Parse, then check the values and the checkpoint before LightningCLI reads its hyperparameters."""
         super().parse_arguments(parser, args)
         argv = [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(args, dict) else []
-        self.on_command_line = checkpoint_settings.named_on_command_line(argv)
+        self.on_command_line = checkpoint_settings.NamedOnCommandLine.of(argv)
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return

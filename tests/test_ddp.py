@@ -5,6 +5,11 @@ loaded by class path) that writes down, per rank, which images each stage saw an
 ended with. The specs: every rank trains on its own shard of the training images, each epoch;
 validation and test see every image exactly once, so the synced accuracy equals a single-process
 evaluation of the same checkpoint; one run folder, one config, one set of checkpoints.
+
+DDP launches are real processes (`run_process`, or torchrun started by hand): Lightning's launcher
+starts the command again per rank, which an in-process call cannot give it. Each launch gets a free
+port of its own (`ddp_env`), so tests in parallel pytest workers never meet on one. Single-process
+evaluations and fits run in this process (`run_cli`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -30,20 +37,21 @@ from conftest import (
     probe_env,
     read_probes,
     run_cli,
+    run_process,
     write_idx_dataset,
 )
 
 from mnist_lightning.model import MNISTClassifier
 from mnist_lightning.resume import load_checkpoint_file
 
-TESTS_DIR = Path(__file__).resolve().parent
 TIMEOUT_S = 180
 # 601 training images - 101 for validation = 500 to train on (250 per rank, 4 batches of 64);
 # 101 validation and 201 test images (VAL_SIZE, in conftest): odd, so a padding sampler would repeat one image.
 N_TRAIN, N_TEST = 601, 201
 SMALL = (*TINY_ARGS, "--data.val_size", str(VAL_SIZE), "--torch_threads", "1", "--trainer.accelerator", "cpu")
-
-
+# Dropout (random draws per step) and a per-step schedule: what makes the fast class's bit-for-bit match
+# with the idiomatic one non-trivial. The sharding runs train with them too, so one run serves both tests.
+MODEL_UNDER_TEST = ("--model.net.init_args.dropout", "0.2", "--model.lr_scheduler", "mnist_lightning.schedules.OneCycle")
 
 
 def assert_checkpoint_loads(path: Path, epoch: int, global_step: int) -> None:
@@ -54,9 +62,15 @@ def assert_checkpoint_loads(path: Path, epoch: int, global_step: int) -> None:
 
 
 def free_port() -> int:
+    """A port no one listens on now (bound to port 0, then closed): for one DDP launch."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def ddp_env() -> dict[str, str]:
+    """The probe's import path and a free MASTER_PORT of this launch's own (Lightning reads it on every rank)."""
+    return {**probe_env(), "MASTER_PORT": str(free_port())}
 
 
 def got_line(output: str) -> str:
@@ -67,7 +81,7 @@ def got_line(output: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_idx_dataset(tmp_path_factory.mktemp("ddp") / "data", n_train=N_TRAIN, n_test=N_TEST)
 
 
@@ -77,7 +91,7 @@ def keys(data_dir: Path) -> dict[str, set[str]]:
 
 
 @pytest.fixture(scope="module")
-def half_trained(data_dir: Path, tmp_path_factory) -> Path:
+def half_trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint after two training steps: accuracy strictly between 0 and 1, which one repeated
     evaluation image would change."""
     workdir = tmp_path_factory.mktemp("half_trained")
@@ -87,18 +101,45 @@ def half_trained(data_dir: Path, tmp_path_factory) -> Path:
     return workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
 
 
+@dataclass(frozen=True)
+class DdpFit:
+    """A finished 2-process, 2-epoch `fit` (MODEL_UNDER_TEST, probe on): its folder, probes and output."""
+
+    workdir: Path
+    probes_dir: Path
+    result: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="module")
+def ddp_fit(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], DdpFit]:
+    """`ddp_fit(strategy, pipeline)`: that DDP fit, run once per module and shared by the tests that read
+    different aspects of it (sharding and the one run folder; the fast class's weights under DDP)."""
+    fits: dict[tuple[str, str], DdpFit] = {}
+
+    def fit(strategy: str, pipeline: str) -> DdpFit:
+        if (strategy, pipeline) not in fits:
+            workdir = tmp_path_factory.mktemp(f"{strategy}-{pipeline}")
+            probes_dir = workdir / "probes"
+            result = run_process("fit", "--data.data_dir", str(data_dir), *SMALL, *MODEL_UNDER_TEST,
+                                 "--data.pipeline", pipeline, "--trainer.devices", "2", "--trainer.strategy", strategy,
+                                 "--trainer.max_epochs", "2", *probe_args(probes_dir), cwd=workdir, env=ddp_env(),
+                                 timeout=TIMEOUT_S)
+            assert result.returncode == 0, result.stderr[-5000:]
+            fits[strategy, pipeline] = DdpFit(workdir, probes_dir, result)
+        return fits[strategy, pipeline]
+
+    return fit
+
+
 # -------------------------------------------------------------------------------------------- tests
 @pytest.mark.slow
 @pytest.mark.parametrize(("strategy", "pipeline"), [("ddp", "memory"), ("ddp_spawn", "memory"), ("ddp", "torchvision")])
-def test_two_processes_shard_training_data_and_write_one_run(strategy, pipeline, data_dir, keys, tmp_path):
-    probes_dir = tmp_path / "probes"
-    result = run_cli("fit", "--data.data_dir", str(data_dir), *SMALL, "--data.pipeline", pipeline,
-                     "--trainer.devices", "2", "--trainer.strategy", strategy, "--trainer.max_epochs", "2",
-                     *probe_args(probes_dir), cwd=tmp_path, env=probe_env(), timeout=TIMEOUT_S)
-    assert result.returncode == 0, result.stderr[-5000:]
-    assert "Training batch: 64 per process x 2 processes = global batch 128." in result.stdout + result.stderr
+def test_two_processes_shard_training_data_and_write_one_run(strategy: str, pipeline: str, ddp_fit: Callable[[str, str], DdpFit],
+                                                             keys: dict[str, set[str]]) -> None:
+    fit = ddp_fit(strategy, pipeline)
+    assert "Training batch: 64 per process x 2 processes = global batch 128." in fit.result.stdout + fit.result.stderr
 
-    probes = read_probes(probes_dir, "fit", world_size=2)
+    probes = read_probes(fit.probes_dir, "fit", world_size=2)
     for epoch in (0, 1):
         assert_exact_partition([p["seen"][f"train/{epoch}"] for p in probes], keys["train"], f"train epoch {epoch}")
         assert_exact_partition([p["seen"][f"val/{epoch}"] for p in probes], keys["val"], f"val epoch {epoch}")
@@ -112,27 +153,27 @@ def test_two_processes_shard_training_data_and_write_one_run(strategy, pipeline,
 
     assert synced(probes[0]) == synced(probes[1])
 
-    run = assert_one_run_written(tmp_path)
+    run = assert_one_run_written(fit.workdir)
     # 250 images per rank = 4 steps per epoch (not the 8 of one process seeing all 500).
     assert_checkpoint_loads(run / "checkpoints" / "last.ckpt", epoch=1, global_step=8)
 
 
 @pytest.mark.slow
-def test_under_ddp_the_fast_class_ends_with_the_idiomatic_class_weights(data_dir, tmp_path):
+def test_under_ddp_the_fast_class_ends_with_the_idiomatic_class_weights(data_dir: Path, ddp_fit: Callable[[str, str], DdpFit],
+                                                                         tmp_path: Path) -> None:
     """Several manual backward passes per DDP forward (FastMNISTClassifier): gradients are still
-    averaged at every step, so the weights equal MNISTClassifier's, bit for bit."""
+    averaged at every step, so the weights equal MNISTClassifier's, bit for bit. The idiomatic run is
+    the sharding test's ddp/memory fit (same options; its probe callback only reads batches)."""
+    fast = run_process("fit", "--data.data_dir", str(data_dir), *SMALL, *MODEL_UNDER_TEST, "--trainer.devices", "2",
+                       "--trainer.strategy", "ddp", "--trainer.max_epochs", "2",
+                       "--config", str(PROJECT_ROOT / "configs" / "fast.yaml"), "--model.steps_per_call", "3",
+                       cwd=tmp_path, env=ddp_env(), timeout=TIMEOUT_S)
+    assert fast.returncode == 0, fast.stderr[-5000:]
     weights = {}
-    variants = {"idiomatic": (), "fast": ("--config", str(PROJECT_ROOT / "configs" / "fast.yaml"),
-                                          "--model.steps_per_call", "3")}
-    for name, extra in variants.items():
-        workdir = tmp_path / name
-        workdir.mkdir()
-        result = run_cli("fit", "--data.data_dir", str(data_dir), *SMALL, "--trainer.devices", "2",
-                         "--trainer.strategy", "ddp", "--trainer.max_epochs", "2", "--model.dropout", "0.2",
-                         "--model.lr_schedule", "onecycle", *extra, cwd=workdir, timeout=TIMEOUT_S)
-        assert result.returncode == 0, result.stderr[-5000:]
+    for name, workdir in (("idiomatic", ddp_fit("ddp", "memory").workdir), ("fast", tmp_path)):
         checkpoint = torch.load(workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
         assert checkpoint["global_step"] == 8  # 4 steps per epoch per process
+        assert checkpoint["hyper_parameters"]["net"]["init_args"]["dropout"] == 0.2
         weights[name] = checkpoint["state_dict"]
     assert weights["idiomatic"].keys() == weights["fast"].keys()
     for name, value in weights["idiomatic"].items():
@@ -141,16 +182,21 @@ def test_under_ddp_the_fast_class_ends_with_the_idiomatic_class_weights(data_dir
 
 @pytest.mark.slow
 @pytest.mark.parametrize("subcommand", ["test", "validate"])
-def test_two_process_evaluation_equals_single_process(subcommand, data_dir, keys, half_trained, tmp_path):
+def test_two_process_evaluation_equals_single_process(subcommand: str, data_dir: Path, keys: dict[str, set[str]],
+                                                       half_trained: Path, tmp_path: Path) -> None:
     """Same checkpoint, odd-sized split (101 val, 201 test): identical accuracy, every image once."""
     ckpt = half_trained
     stage, split = ("test", "test") if subcommand == "test" else ("validate", "val")
     runs = {}
     for devices in (1, 2):
         out = tmp_path / f"probes-{devices}"
-        result = run_cli(subcommand, "--data.data_dir", str(data_dir), *SMALL, "--ckpt_path", str(ckpt),
-                         "--trainer.devices", str(devices), "--trainer.strategy", "ddp" if devices == 2 else "auto",
-                         "--trainer.logger", "false", *probe_args(out), cwd=tmp_path, env=probe_env(), timeout=TIMEOUT_S)
+        args = (subcommand, "--data.data_dir", str(data_dir), *SMALL, "--ckpt_path", str(ckpt),
+                "--trainer.devices", str(devices), "--trainer.strategy", "ddp" if devices == 2 else "auto",
+                "--trainer.logger", "false", *probe_args(out))
+        if devices == 1:  # in this process (conftest.RunProbe is importable here)
+            result = run_cli(*args, cwd=tmp_path)
+        else:
+            result = run_process(*args, cwd=tmp_path, env=ddp_env(), timeout=TIMEOUT_S)
         assert result.returncode == 0, result.stderr[-5000:]
         runs[devices] = (result, read_probes(out, stage, world_size=devices))
 
@@ -183,12 +229,12 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 
 
 @pytest.mark.slow
-def test_two_nodes_with_torchrun(data_dir, keys, tmp_path):
+def test_two_nodes_with_torchrun(data_dir: Path, keys: dict[str, set[str]], tmp_path: Path) -> None:
     """Two one-process "nodes" on this machine, as on a cluster: torchrun --nnodes 2 --node_rank 0|1."""
     port, probes_dir = free_port(), tmp_path / "probes"
     args = ("-m", "mnist_lightning", "fit", "--data.data_dir", str(data_dir), *SMALL, "--trainer.max_epochs", "2",
             "--trainer.num_nodes", "2", "--trainer.devices", "1", "--trainer.strategy", "ddp", *probe_args(probes_dir))
-    env = {**os.environ, **probe_env()}
+    env = {**os.environ, **probe_env()}  # torchrun hands its --master_port to the workers
     procs, outputs = [], []
     try:
         for node_rank in (0, 1):
@@ -222,7 +268,7 @@ def test_two_nodes_with_torchrun(data_dir, keys, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.real_data
-def test_ddp_reaches_the_accuracy_of_one_process_on_real_mnist(real_data, tmp_path):
+def test_ddp_reaches_the_accuracy_of_one_process_on_real_mnist(real_data: Path, tmp_path: Path) -> None:
     """The tutorial (configs/seed.yaml: 3 epochs, Adam 1e-3, global batch 64) on the official data:
     2 DDP processes x 32 (configs/ddp.yaml) end within 0.5 points of test accuracy of 1 process x 64."""
     configs = PROJECT_ROOT / "configs"
@@ -232,14 +278,17 @@ def test_ddp_reaches_the_accuracy_of_one_process_on_real_mnist(real_data, tmp_pa
         workdir.mkdir()
         common = ("--config", str(configs / "seed.yaml"), *preset, "--data.data_dir", str(real_data),
                   "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--torch_threads", "1")
-        fit = run_cli("fit", *common, cwd=workdir, timeout=1800)
+        if preset:  # the DDP launch: a real process
+            fit = run_process("fit", *common, cwd=workdir, env=ddp_env(), timeout=1800)
+        else:
+            fit = run_cli("fit", *common, cwd=workdir)
         assert fit.returncode == 0, fit.stderr[-5000:]
         last = workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
         assert_checkpoint_loads(last, epoch=2, global_step=3 * 860)  # 55,000 images / 64 a step, either way
         # Both checkpoints evaluated the same way, by one process, on the 10,000 test images.
         test = run_cli("test", "--config", str(configs / "seed.yaml"), "--data.data_dir", str(real_data), "--ckpt_path",
                        str(last), "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
-                       "--trainer.logger", "false", "--torch_threads", "1", cwd=workdir, timeout=600)
+                       "--trainer.logger", "false", "--torch_threads", "1", cwd=workdir)
         assert test.returncode == 0, test.stderr[-5000:]
         line = got_line(test.stdout)
         assert " / 10000 with" in line
@@ -250,7 +299,7 @@ def test_ddp_reaches_the_accuracy_of_one_process_on_real_mnist(real_data, tmp_pa
 
 
 @pytest.mark.slow
-def test_slurm_script_requeues_and_resumes_into_the_same_run(data_dir, tmp_path):
+def test_slurm_script_requeues_and_resumes_into_the_same_run(data_dir: Path, tmp_path: Path) -> None:
     """scripts/slurm_fit.sbatch under a stand-in SLURM (one task; `srun` runs the command, `scontrol`
     records its arguments): SIGUSR1 makes Lightning save hpc_ckpt_1.ckpt and requeue the job, the
     following SIGTERM makes the project save last.ckpt; the requeued job resumes the same run."""
@@ -260,7 +309,8 @@ def test_slurm_script_requeues_and_resumes_into_the_same_run(data_dir, tmp_path)
     (stubs / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
     for stub in stubs.iterdir():
         stub.chmod(0o755)
-    env = {**os.environ, **probe_env(), "PATH": f"{stubs}{os.pathsep}{os.environ['PATH']}", "PYTHON": sys.executable,
+    # A free MASTER_PORT: without it Lightning's SLURMEnvironment takes 15000 + the job id's last digits, a fixed port.
+    env = {**os.environ, **ddp_env(), "PATH": f"{stubs}{os.pathsep}{os.environ['PATH']}", "PYTHON": sys.executable,
            "PROJECT_DIR": str(PROJECT_ROOT), "DATA_DIR": str(data_dir), "SLURM_SUBMIT_DIR": str(tmp_path),
            "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "mnist-ddp", "SLURM_NNODES": "1", "SLURM_JOB_NUM_NODES": "1",
            "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NODELIST": "localhost", "SLURM_PROCID": "0",
@@ -272,13 +322,15 @@ def test_slurm_script_requeues_and_resumes_into_the_same_run(data_dir, tmp_path)
             "--trainer.callbacks+=fault_injection.SignalAt", "--trainer.callbacks.epoch", "1",
             "--trainer.callbacks.batch", "2", "--trainer.callbacks.signal_name", "SIGTERM")
 
+    # Real processes: the subject is the batch script, its signals and its exit code.
     first = subprocess.run(args, cwd=tmp_path, env={**env, "FAULT_INJECTION": "1"}, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert first.returncode == 128 + signal.SIGTERM, first.stderr[-5000:]
     assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
     run = tmp_path / "lightning_logs" / "slurm-4242"
     assert (run / "hpc_ckpt_1.ckpt").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
 
-    requeued = subprocess.run(args, cwd=tmp_path, env={**env, "FAULT_INJECTION": "0"}, capture_output=True, text=True, timeout=TIMEOUT_S)
+    requeued = subprocess.run(args, cwd=tmp_path, env={**env, "FAULT_INJECTION": "0", "MASTER_PORT": str(free_port())},
+                              capture_output=True, text=True, timeout=TIMEOUT_S)
     assert requeued.returncode == 0, requeued.stderr[-5000:]
     assert f"resuming from {Path('lightning_logs/slurm-4242/checkpoints/last.ckpt')}" in requeued.stdout  # the newer one
     assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == ["slurm-4242"]

@@ -4,6 +4,10 @@ Tests marked `gpu` need a CUDA GPU and skip, saying so, where torch sees none (a
 with a GPU runs them, and a full `fit` + `test` on the real data, with `scripts/check_gpu.sh DATA_DIR`.
 Mixed precision is also checked on CPU, where `bf16-mixed` is real autocast (and Lightning turns
 `16-mixed`, which has no CPU kernels, into `bf16-mixed` with a warning).
+
+Fits run in this process (`run_cli`; the probe is loaded by class path from this module, which the
+tests folder on sys.path makes importable); the 2-GPU DDP launch and the check script are real
+processes, the launch on a free port of its own.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +28,7 @@ import torch
 from conftest import (
     PROJECT_ROOT,
     TINY_ARGS,
+    CliResult,
     assert_exact_partition,
     assert_one_run_written,
     image_keys,
@@ -29,6 +36,7 @@ from conftest import (
     probe_env,
     read_probes,
     run_cli,
+    run_process,
 )
 from pytorch_lightning.callbacks import Callback
 from torch import nn
@@ -65,14 +73,21 @@ class AutocastProbe(Callback):
             Path(self.out_file).write_text(json.dumps(sorted(self.dtypes)))
 
 
-def fit_with_precision(data_dir: Path, workdir: Path, precision: str, *first: str) -> tuple[subprocess.CompletedProcess, list[str]]:
-    """`fit` with `first` (configs, accelerator) before the precision, which wins."""
+def fit_with_precision(data_dir: Path, workdir: Path, precision: str, *first: str) -> tuple[CliResult, list[str]]:
+    """`fit` in this process with `first` (configs, accelerator) before the precision, which wins."""
     dtypes_file = workdir / "dtypes.json"
     result = run_cli("fit", *first, "--data.data_dir", str(data_dir), *TINY_ARGS, "--torch_threads", "1", "--trainer.max_epochs", "2",
                      "--trainer.precision", precision, "--trainer.callbacks+=test_gpu.AutocastProbe",
-                     "--trainer.callbacks.out_file", str(dtypes_file), cwd=workdir, env=probe_env(), timeout=300)
+                     "--trainer.callbacks.out_file", str(dtypes_file), cwd=workdir)
     assert result.returncode == 0, result.stderr[-5000:]
     return result, json.loads(dtypes_file.read_text())
+
+
+def free_port() -> int:
+    """A port no one listens on now (bound to port 0, then closed): for one DDP launch."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def best_val_acc(run: Path) -> float:
@@ -91,15 +106,17 @@ def assert_trained_in(workdir: Path, dtypes: list[str], compute_dtype: torch.dty
 # --------------------------------------------------------------------------------------------- CPU
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
-def test_mixed_precision_fit_on_cpu(precision, tiny_data, tmp_path):
-    result, dtypes = fit_with_precision(tiny_data, tmp_path, precision, "--trainer.accelerator", "cpu")
-    if precision == "16-mixed":
-        assert "AMP with fp16 is not supported on CPU. Using `precision='bf16-mixed'` instead" in result.stderr
+def test_mixed_precision_fit_on_cpu(precision: str, tiny_data: Path, tmp_path: Path) -> None:
+    # In this process Lightning's warning reaches Python's warnings machinery (pytest records it), not stderr.
+    switched = "AMP with fp16 is not supported on CPU. Using `precision='bf16-mixed'` instead"
+    with pytest.warns(UserWarning, match=re.escape(switched)) if precision == "16-mixed" else nullcontext():
+        _, dtypes = fit_with_precision(tiny_data, tmp_path, precision, "--trainer.accelerator", "cpu")
     assert_trained_in(tmp_path, dtypes, torch.bfloat16)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the script's answer on a machine without a GPU")
-def test_check_gpu_script_fails_clearly_without_a_gpu(tiny_data, tmp_path):
+def test_check_gpu_script_fails_clearly_without_a_gpu(tiny_data: Path, tmp_path: Path) -> None:
+    # A real process: the subject is the script, its exit code and what it prints.
     result = subprocess.run(["bash", str(PROJECT_ROOT / "scripts" / "check_gpu.sh"), str(tiny_data)], cwd=tmp_path,
                             env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
@@ -110,7 +127,7 @@ def test_check_gpu_script_fails_clearly_without_a_gpu(tiny_data, tmp_path):
 # --------------------------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
 @requires_cuda
-def test_in_memory_dataset_moves_to_the_gpu_once(tiny_data):
+def test_in_memory_dataset_moves_to_the_gpu_once(tiny_data: Path) -> None:
     dm = MNISTDataModule(data_dir=str(tiny_data), verify=False, val_size=100)
     dm.trainer = pl.Trainer(accelerator="gpu", devices=1, logger=False, enable_checkpointing=False)
     dm.setup("fit")
@@ -130,7 +147,7 @@ def test_in_memory_dataset_moves_to_the_gpu_once(tiny_data):
 @pytest.mark.gpu
 @requires_cuda
 @pytest.mark.parametrize(("precision", "dtype"), [("16-mixed", torch.float16), ("bf16-mixed", torch.bfloat16)])
-def test_fit_on_the_gpu_with_mixed_precision(precision, dtype, tiny_data, tmp_path):
+def test_fit_on_the_gpu_with_mixed_precision(precision: str, dtype: torch.dtype, tiny_data: Path, tmp_path: Path) -> None:
     if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16 support")
     result, dtypes = fit_with_precision(tiny_data, tmp_path, precision, "--config", GPU_CONFIG)
@@ -140,11 +157,12 @@ def test_fit_on_the_gpu_with_mixed_precision(precision, dtype, tiny_data, tmp_pa
 
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
-def test_ddp_on_two_gpus_shards_the_in_memory_data(tiny_data, tmp_path):
+def test_ddp_on_two_gpus_shards_the_in_memory_data(tiny_data: Path, tmp_path: Path) -> None:
     probes = tmp_path / "probes"
-    result = run_cli("fit", "--config", GPU_CONFIG, "--data.data_dir", str(tiny_data), *TINY_ARGS, "--trainer.max_epochs", "1",
-                     "--trainer.devices", "2", "--trainer.strategy", "ddp", *probe_args(probes),
-                     cwd=tmp_path, env=probe_env(), timeout=300)
+    # A real process (Lightning's launcher starts the command again per GPU), on a port of its own.
+    result = run_process("fit", "--config", GPU_CONFIG, "--data.data_dir", str(tiny_data), *TINY_ARGS, "--trainer.max_epochs", "1",
+                         "--trainer.devices", "2", "--trainer.strategy", "ddp", *probe_args(probes),
+                         cwd=tmp_path, env={**probe_env(), "MASTER_PORT": str(free_port())}, timeout=300)
     assert result.returncode == 0, result.stderr[-5000:]
     keys = image_keys(tiny_data, val_size=100)
     shards = read_probes(probes, "fit", world_size=2)

@@ -1,0 +1,211 @@
+"""Where a sweep's Optuna study lives: the `--storage` of `python -m mnist_lightning sweep`, parsed, checked, opened.
+
+    --storage sqlite:///lightning_logs/sweeps/NAME/study.db   the default: workers on one machine
+    --storage journal:/shared/sweeps/NAME.log                 a file on a shared filesystem (NFS), no database
+    --storage postgresql+psycopg://user@host/db               a database server (pip install -e ".[postgres]")
+
+SQLite's file locks do not hold on a network filesystem, so a SQLite file on one is refused with the
+advice to use the journal. Every storage fails a killed worker's trial once its heartbeat is older
+than the sweep's grace period: RDBStorage has Optuna's heartbeat built in; Optuna's JournalStorage
+has none (optuna/optuna#6615), so `HeartbeatJournalStorage` adds it through Optuna's own heartbeat
+interface, which `study.optimize` and `optuna.storages.fail_stale_trials` already drive.
+docs/experiments.md, "Storages", has the recipes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import sqlalchemy.engine
+import sqlalchemy.exc
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages._heartbeat import BaseHeartbeat  # Optuna's heartbeat interface (RDBStorage implements it)
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from mnist_lightning.errors import UserInputError
+
+JOURNAL = "journal:"
+POSTGRES_EXTRA = 'pip install -e ".[postgres]"'
+# Filesystem types (as /proc/mounts names them) whose locks SQLite cannot trust across machines.
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "ceph", "fuse.ceph", "fuse.cephfs", "glusterfs",
+    "fuse.glusterfs", "beegfs", "afs", "ocfs2", "gfs2", "panfs", "pvfs2", "orangefs", "fuse.sshfs", "9p",
+})
+FORMS = "sqlite:///PATH, journal:PATH (a shared filesystem) or a database URL such as postgresql+psycopg://user@host/db"
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """A parsed `--storage`: `kind` is "sqlite", "journal" or "database"; `target` the URL or the journal file."""
+
+    kind: str
+    target: str
+
+    @property
+    def shown(self) -> str:
+        """How to print it: a database URL without its password."""
+        if self.kind == "journal":
+            return f"{JOURNAL}{self.target}"
+        return sqlalchemy.engine.make_url(self.target).render_as_string(hide_password=True)
+
+    def exists(self) -> bool:
+        """Whether there can be a study to read (a file storage's file exists); a server is asked later."""
+        path = Path(self.target) if self.kind == "journal" else sqlite_path(self.target)
+        return path is None or path.is_file()
+
+
+def parse_storage(value: str | None, default_db: Path) -> StorageSpec:
+    """`--storage` as given, or the default SQLite file; a value of none of the three forms is refused."""
+    if value is None:
+        return StorageSpec("sqlite", f"sqlite:///{default_db.resolve()}")
+    if value.startswith(JOURNAL):
+        path = value.removeprefix(JOURNAL)
+        if not path:
+            raise UserInputError(f"--storage {value}: name the journal file after `journal:`, e.g. "
+                                 "journal:/shared/sweeps/mnist.log.")
+        return StorageSpec("journal", str(Path(path).expanduser().absolute()))
+    try:
+        url = sqlalchemy.engine.make_url(value)
+    except sqlalchemy.exc.ArgumentError:
+        raise UserInputError(f"--storage takes {FORMS}; got {value!r}.") from None
+    return StorageSpec("sqlite" if url.get_backend_name() == "sqlite" else "database", value)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (relative to the working folder, as SQLite opens it); None for in-memory."""
+    parsed = sqlalchemy.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).expanduser().resolve()
+
+
+# ----------------------------------------------------------------------------------------- network filesystems
+def _unescape(field: str) -> str:
+    """A /proc/mounts field: the kernel writes space, tab, newline and backslash as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_of(path: Path, mounts: str) -> tuple[str, str] | None:
+    """(mount point, filesystem type) of the mount holding `path`: the longest mount point above it, the last
+    listed where one is mounted over another."""
+    best: tuple[str, str] | None = None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point, fstype = _unescape(fields[1]), fields[2]
+        if path.is_relative_to(point) and (best is None or len(point) >= len(best[0])):
+            best = (point, fstype)
+    return best
+
+
+def network_filesystem(path: Path, mounts: str) -> tuple[str, str] | None:
+    """(mount point, type) when `path` is on a network filesystem, else None."""
+    found = mount_of(path, mounts)
+    return found if found and found[1] in NETWORK_FILESYSTEMS else None
+
+
+def read_mounts() -> str | None:
+    """The mount table, or None where there is none to read (not Linux): the check is then skipped."""
+    try:
+        return Path("/proc/mounts").read_text()
+    except OSError:
+        return None
+
+
+def refuse_network_sqlite(db: Path, mounts: str | None) -> None:
+    """SQLite relies on file locks that NFS, CIFS, Lustre, ... do not keep: concurrent workers would corrupt
+    the study. Refuse it there and point at the journal file, which Optuna writes for exactly this case."""
+    found = network_filesystem(db, mounts) if mounts else None
+    if found:
+        point, fstype = found
+        raise UserInputError(
+            f"the sweep's SQLite file {db} is on a network filesystem ({fstype} at {point}), where SQLite's locks "
+            f"do not hold and concurrent workers corrupt the study: use the journal storage there, "
+            f"--storage {JOURNAL}{db.with_suffix('.log')}, or a database (docs/experiments.md, \"Storages\").")
+
+
+# ----------------------------------------------------------------------------------------- opening
+class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+    """Optuna's journal storage with the heartbeat that RDBStorage has: a killed worker's trial is failed once
+    its last heartbeat is older than `grace_period`, so the sweep replaces it instead of waiting forever.
+
+    A heartbeat is one journal record (a trial system attribute holding the writer's clock): the hosts'
+    clocks must agree to well within the grace period, as NTP keeps a cluster's.
+    """
+
+    KEY = "mnist_lightning:heartbeat"
+
+    def __init__(self, backend: JournalFileBackend, heartbeat_interval: int, grace_period: int) -> None:
+        super().__init__(backend)
+        self._heartbeat_interval, self._grace_period = heartbeat_interval, grace_period
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        with contextlib.suppress(UpdateFinishedTrialError):  # another worker already failed it as stale
+            self.set_trial_system_attr(trial_id, self.KEY, time.time())
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        return [t._trial_id for t in running
+                if now - self._last_beat(t) > self._grace_period]
+
+    def _last_beat(self, trial: FrozenTrial) -> float:
+        start = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
+        return float(trial.system_attrs.get(self.KEY, start))  # killed before its first beat: since its start
+
+    def get_heartbeat_interval(self) -> int:
+        return self._heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        return None
+
+    get_failed_trial_callback = get_heartbeat_stale_trial_callback  # its name before Optuna 4.9
+
+
+def _missing_driver(spec: StorageSpec, err: ImportError) -> UserInputError:
+    """One line that names the missing database driver and how to install it."""
+    err = err.__cause__ if isinstance(err.__cause__, ImportError) else err  # Optuna's wrapper hides the module name
+    url = sqlalchemy.engine.make_url(spec.target)
+    if url.get_backend_name() == "postgresql":
+        driver = "" if url.get_driver_name() == "psycopg" else " and write the URL as postgresql+psycopg://..."
+        return UserInputError(f"--storage {spec.shown}: the PostgreSQL driver is not installed ({err}); install it "
+                              f"with {POSTGRES_EXTRA}{driver}.")
+    return UserInputError(f"--storage {spec.shown}: its database driver is not installed ({err}).")
+
+
+def open_storage(spec: StorageSpec, heartbeat: dict[str, int], mounts: str | None = None) -> BaseStorage:
+    """The Optuna storage for `spec`, with the sweep's heartbeat; `mounts` (default /proc/mounts) for the NFS check.
+
+    Database errors while connecting or creating the tables (several workers at once) propagate: the
+    caller retries them.
+    """
+    interval, grace = heartbeat["interval"], heartbeat["grace_period"]
+    if spec.kind == "journal":
+        path = Path(spec.target)
+        if not path.parent.is_dir():
+            raise UserInputError(f"--storage {spec.shown}: the folder {path.parent} does not exist; create it on "
+                                 "the filesystem that every worker shares.")
+        try:
+            return HeartbeatJournalStorage(JournalFileBackend(str(path)), interval, grace)
+        except OSError as err:
+            raise UserInputError(f"--storage {spec.shown}: cannot open the journal file ({err}).") from None
+    db = sqlite_path(spec.target)
+    if db is not None:
+        refuse_network_sqlite(db, read_mounts() if mounts is None else mounts)
+    # SQLite: wait for the other workers' locks; a server: test pooled connections idle during a long fit.
+    engine_kwargs = {"connect_args": {"timeout": 60}} if spec.kind == "sqlite" else {"pool_pre_ping": True}
+    try:
+        return RDBStorage(spec.target, engine_kwargs=engine_kwargs, heartbeat_interval=interval, grace_period=grace)
+    except ImportError as err:
+        raise _missing_driver(spec, err) from None
+    except sqlalchemy.exc.ArgumentError as err:
+        raise UserInputError(f"--storage {spec.shown}: {err} (it takes {FORMS}).") from None

@@ -512,8 +512,11 @@ def importances_table(study: optuna.Study) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # with few trials PED-ANOVA warns that its top and all trials coincide
         importances = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
-    rows = [[key, f"{value:.3f}"] for key, value in importances.items()]
+            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), normalize=False)
+    total = sum(importances.values())
+    if total == 0:  # Optuna's normalising would show equal shares: say that nothing is known instead
+        return f"Parameter importances: the {len(complete)} complete trials do not tell the searched options apart."
+    rows = [[key, f"{value / total:.3f}"] for key, value in importances.items()]
     header = f"Parameter importances (PED-ANOVA over {len(complete)} complete trials, summing to 1):"
     return f"{header}\n{format_table(['param', 'importance'], rows)}"
 

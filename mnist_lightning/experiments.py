@@ -473,8 +473,25 @@ def run_trials(study: optuna.Study, objective: Objective, n_trials: int | None, 
                 said = True
             time.sleep(poll_s)
             continue
-        study.optimize(objective, n_trials=1, catch=(_SurplusTrial,))
+        try:
+            study.optimize(objective, n_trials=1, catch=(_SurplusTrial,))
+        except (ValueError, AssertionError) as err:
+            if not _failed_elsewhere(err):
+                raise
+            print("another worker failed this worker's trial, whose heartbeat had gone stale (paused, overloaded or "
+                  "cut off from the storage for longer than grace_period); its run folder stays, and the sweep goes on.",
+                  file=sys.stderr, flush=True)
         ran = True
+
+
+def _failed_elsewhere(err: BaseException | None) -> bool:
+    """Whether Optuna could not record this worker's trial because it was no longer running: its
+    "Cannot tell a FAIL trial", which Optuna may wrap in an AssertionError of its own."""
+    while err is not None:
+        if isinstance(err, ValueError) and str(err).startswith("Cannot tell a"):
+            return True
+        err = err.__context__
+    return False
 
 
 # ----------------------------------------------------------------------------------------- the summary

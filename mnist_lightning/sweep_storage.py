@@ -14,7 +14,6 @@ docs/experiments.md, "Storages", has the recipes.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 from collections.abc import Callable
@@ -24,7 +23,6 @@ from pathlib import Path
 import optuna
 import sqlalchemy.engine
 import sqlalchemy.exc
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages._heartbeat import BaseHeartbeat  # Optuna's heartbeat interface (RDBStorage implements it)
 from optuna.storages.journal import JournalFileBackend
@@ -138,29 +136,40 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     """Optuna's journal storage with the heartbeat that RDBStorage has: a killed worker's trial is failed once
     its last heartbeat is older than `grace_period`, so the sweep replaces it instead of waiting forever.
 
-    A heartbeat is one journal record (a trial system attribute holding the writer's clock): the hosts'
-    clocks must agree to well within the grace period, as NTP keeps a cluster's.
+    The beats are kept beside the journal, one small file per running trial (`<journal>.heartbeats/<trial id>`,
+    holding the writer's clock), not in it: a worker killed while it holds the journal's lock blocks the
+    journal until Optuna breaks the lock (30 s), and beats written through the journal would then go stale
+    for every live trial, which the other workers would fail. The hosts' clocks must agree to well within
+    the grace period, as NTP keeps a cluster's. The files are read after open(), which NFS revalidates.
     """
 
-    KEY = "mnist_lightning:heartbeat"
-
-    def __init__(self, backend: JournalFileBackend, heartbeat_interval: int, grace_period: int) -> None:
-        super().__init__(backend)
+    def __init__(self, path: Path, heartbeat_interval: int, grace_period: int) -> None:
+        super().__init__(JournalFileBackend(str(path)))
+        self.beats = path.with_name(f"{path.name}.heartbeats")
         self._heartbeat_interval, self._grace_period = heartbeat_interval, grace_period
 
     def record_heartbeat(self, trial_id: int) -> None:
-        with contextlib.suppress(UpdateFinishedTrialError):  # another worker already failed it as stale
-            self.set_trial_system_attr(trial_id, self.KEY, time.time())
+        self.beats.mkdir(exist_ok=True)
+        (self.beats / str(trial_id)).write_text(repr(time.time()))
+
+    def last_heartbeat(self, trial: FrozenTrial) -> float | None:
+        """The trial's last beat (seconds since the epoch), None before its first."""
+        try:
+            text = (self.beats / str(trial._trial_id)).read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            return float(text)
+        except ValueError:  # being written at this moment: as fresh as can be
+            return time.time()
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         now = time.time()
         running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-        return [t._trial_id for t in running
-                if now - self._last_beat(t) > self._grace_period]
-
-    def _last_beat(self, trial: FrozenTrial) -> float:
-        start = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
-        return float(trial.system_attrs.get(self.KEY, start))  # killed before its first beat: since its start
+        beats = {t._trial_id: self.last_heartbeat(t) for t in running}
+        # As RDBStorage does, a trial without a beat yet is not stale: its worker starts beating right after
+        # Optuna's ask(), which may have waited for the journal's lock for a while.
+        return [trial_id for trial_id, beat in beats.items() if beat is not None and now - beat > self._grace_period]
 
     def get_heartbeat_interval(self) -> int:
         return self._heartbeat_interval
@@ -195,7 +204,7 @@ def open_storage(spec: StorageSpec, heartbeat: dict[str, int], mounts: str | Non
             raise UserInputError(f"--storage {spec.shown}: the folder {path.parent} does not exist; create it on "
                                  "the filesystem that every worker shares.")
         try:
-            return HeartbeatJournalStorage(JournalFileBackend(str(path)), interval, grace)
+            return HeartbeatJournalStorage(path, interval, grace)
         except OSError as err:
             raise UserInputError(f"--storage {spec.shown}: cannot open the journal file ({err}).") from None
     db = sqlite_path(spec.target)

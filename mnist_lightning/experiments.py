@@ -34,13 +34,14 @@ import sqlalchemy.exc
 import yaml
 from jsonargparse import Namespace
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 from pytorch_lightning.cli import SaveConfigCallback
 
 from mnist_lightning.__main__ import MNISTLightningCLI, quiet_console
 from mnist_lightning.errors import UserInputError
 from mnist_lightning.resume import TrainingDiverged, TrainingInterrupted, first_line, python_command
-from mnist_lightning.sweep_storage import StorageSpec, open_storage, parse_storage
+from mnist_lightning.sweep_storage import JournalHeartbeat, StorageSpec, heartbeat_of, open_storage, parse_storage
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
@@ -357,8 +358,8 @@ def make_sampler(spec: dict[str, Any]) -> optuna.samplers.BaseSampler:
     return TrialSeededSampler(lambda s: _build(spec, SAMPLERS, "sampler", seed=s), seed)
 
 
-def open_study(name: str, spec: StorageSpec, sweep: Sweep, create: bool = True) -> optuna.Study:
-    """The sweep's study, created on first use; several workers opening it at once is fine."""
+def open_study(name: str, spec: StorageSpec, sweep: Sweep, create: bool = True) -> tuple[optuna.Study, BaseStorage]:
+    """The sweep's study, created on first use, and its storage; several workers opening it at once is fine."""
     pruner = _build(sweep.pruner, PRUNERS, "pruner")
     sampler = make_sampler(sweep.sampler)
     url = spec.shown
@@ -366,7 +367,7 @@ def open_study(name: str, spec: StorageSpec, sweep: Sweep, create: bool = True) 
         try:
             storage = open_storage(spec, sweep.heartbeat)
             if not create:
-                return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+                return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner), storage
             study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
                                         direction=sweep.direction, load_if_exists=True)
             break
@@ -379,7 +380,7 @@ def open_study(name: str, spec: StorageSpec, sweep: Sweep, create: bool = True) 
     if study.direction.name.lower() != sweep.direction:
         raise UserInputError(f"the stored study {name!r} was made to {study.direction.name.lower()}, the sweep file "
                              f"says {sweep.direction}: keep the direction, or start a new study with --name.")
-    return study
+    return study, storage
 
 
 # ----------------------------------------------------------------------------------------- running trials
@@ -448,18 +449,24 @@ class Objective:
         return float(value)
 
 
-def run_trials(study: optuna.Study, objective: Objective, n_trials: int | None, timeout: float | None,
-               poll_s: float) -> None:
+def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int | None,
+               timeout: float | None, poll_s: float, heartbeat: JournalHeartbeat | None = None) -> None:
     """Run trials until the study holds `n_trials` finished ones (all workers together) or time is up.
 
-    Before each trial the stale trials of killed workers are failed (Optuna's heartbeat) and the
-    finished and running trials counted; while the running ones could complete the total, this
-    worker waits for them instead of starting more.
+    Before each trial the stale trials of killed workers are failed and the finished and running
+    trials counted; while the running ones could complete the total, this worker waits for them
+    instead of starting more. The heartbeat is RDBStorage's own (Optuna's `fail_stale_trials`), or
+    for a journal storage `heartbeat` (sweep_storage.JournalHeartbeat), which also beats while this
+    worker's trial runs.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     said, ran = False, False
+    run = objective if heartbeat is None else heartbeat.around(objective)
     while deadline is None or time.monotonic() < deadline:
-        optuna.storages.fail_stale_trials(study)
+        if heartbeat is None:
+            optuna.storages.fail_stale_trials(study)  # RDBStorage's heartbeat; nothing for a storage without one
+        else:
+            heartbeat.fail_stale(study)
         finished, running = _counts(study)
         if n_trials is not None and finished >= n_trials:
             if not ran:
@@ -474,7 +481,7 @@ def run_trials(study: optuna.Study, objective: Objective, n_trials: int | None, 
             time.sleep(poll_s)
             continue
         try:
-            study.optimize(objective, n_trials=1, catch=(_SurplusTrial,))
+            study.optimize(run, n_trials=1, catch=(_SurplusTrial,))
         except (ValueError, AssertionError) as err:
             if not _failed_elsewhere(err):
                 raise
@@ -637,16 +644,17 @@ def sweep_main(argv: Sequence[str]) -> None:
                 raise UserInputError(f"no sweep {name!r} here: {storage.shown} does not exist (run the sweep first, "
                                      "or pass its --storage).")
             sweep_dir.mkdir(parents=True, exist_ok=True)  # for best.yaml, also where no trial ran
-            summarize_sweep(open_study(name, storage, sweep, create=False), sweep_dir, sweep.metric)
+            summarize_sweep(open_study(name, storage, sweep, create=False)[0], sweep_dir, sweep.metric)
             return
         check_search_space(sweep.search_space, base_args)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        study = open_study(name, storage, sweep)
+        study, opened = open_study(name, storage, sweep)
+        heartbeat = heartbeat_of(storage, opened, sweep.heartbeat)
         print(f"Sweep {name!r}: study {storage.shown}, {sweep.direction} {sweep.metric}, "
               f"{n_trials if n_trials is not None else 'unlimited'} trials, timeout {timeout or 'none'}.", flush=True)
         try:
             run_trials(study, Objective(sweep, base_args, n_trials), n_trials, timeout,
-                       poll_s=min(sweep.heartbeat["interval"], 5))
+                       poll_s=min(sweep.heartbeat["interval"], 5), heartbeat=heartbeat)
         except _SweepInterrupted as err:
             print("interrupted: the running trial is marked failed; the same command continues the sweep.",
                   file=sys.stderr)

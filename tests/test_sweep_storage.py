@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -36,12 +37,14 @@ from mnist_lightning.errors import UserInputError
 from mnist_lightning.experiments import importances_table, run_trials, sweep_main
 from mnist_lightning.sweep_storage import (
     POSTGRES_EXTRA,
-    HeartbeatJournalStorage,
     StorageSpec,
+    fail_stale_journal_trials,
+    heartbeat_of,
     mount_of,
     network_filesystem,
     open_storage,
     parse_storage,
+    write_beat,
 )
 
 pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),  # Optuna's heartbeat
@@ -137,37 +140,55 @@ def test_a_journal_file_needs_its_folder(tmp_path):
 
 
 def test_the_journal_fails_a_trial_whose_heartbeat_is_stale(tmp_path):
-    storage = open_storage(parse_storage(f"journal:{tmp_path}/mnist.log", tmp_path), {"interval": 1, "grace_period": 1})
-    assert isinstance(storage, HeartbeatJournalStorage)
+    spec = parse_storage(f"journal:{tmp_path}/mnist.log", tmp_path)
+    storage = open_storage(spec, HEARTBEAT)
+    assert type(storage) is optuna.storages.JournalStorage  # Optuna's own, the heartbeat beside it
+    heartbeat = heartbeat_of(spec, storage, {"interval": 1, "grace_period": 1})
+    assert heartbeat is not None and heartbeat.beats == tmp_path / "mnist.log.heartbeats" and heartbeat.beats.is_dir()
     study = optuna.create_study(study_name="s", storage=storage)
+    write_beat(heartbeat.file("s", 2))  # left by an earlier study of the same name: not trial 2's beat
+    time.sleep(0.05)
     beating, silent, unborn = study.ask(), study.ask(), study.ask()
-    storage.record_heartbeat(beating._trial_id)
-    storage.record_heartbeat(silent._trial_id)
-    assert storage._get_stale_trial_ids(study._study_id) == []
-    time.sleep(1.2)
-    storage.record_heartbeat(beating._trial_id)
-    optuna.storages.fail_stale_trials(study)  # what every worker calls before a trial
-    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING, TrialState.FAIL, TrialState.RUNNING]
-    assert sorted(p.name for p in storage.beats.iterdir()) == [str(beating._trial_id), str(silent._trial_id)]
-    storage.record_heartbeat(silent._trial_id)  # a late beat of a failed trial (a worker that was paused) changes nothing
-    assert study.get_trials()[1].state == TrialState.FAIL and unborn._trial_id not in storage._get_stale_trial_ids(0)
+    with heartbeat.beating("s", beating.number) as thread:  # what the worker runs around its objective
+        write_beat(heartbeat.file("s", silent.number))  # one beat, then its worker is SIGKILLed
+        assert fail_stale_journal_trials(storage, study, heartbeat.beats, 1) == []
+        time.sleep(1.5)
+        snapshot = study.get_trials()
+        assert heartbeat.fail_stale(study) == [silent.number]  # what every worker calls before a trial
+        assert [t.state for t in study.get_trials()] == [TrialState.RUNNING, TrialState.FAIL, TrialState.RUNNING]
+        assert time.time() - float(heartbeat.file("s", beating.number).read_text()) < 1.2  # beaten again meanwhile
+        assert thread.file == tmp_path / "mnist.log.heartbeats" / "s-0"
+    assert not heartbeat.file("s", beating.number).exists() and not any(t.name.startswith("heartbeat ")
+                                                                       for t in threading.enumerate())
+    write_beat(heartbeat.file("s", silent.number))  # a late beat of a failed trial (a paused worker) changes nothing
+    time.sleep(1.1)
+    assert heartbeat.fail_stale(study) == [] and study.get_trials()[1].state == TrialState.FAIL
+    assert unborn.number == 2 and study.get_trials()[2].state == TrialState.RUNNING
+    # Another worker failed it after this one read the trials: the storage refuses, the reaper moves on.
+    study.get_trials = lambda **_: [t for t in snapshot if t.number == silent.number]
+    assert fail_stale_journal_trials(storage, study, heartbeat.beats, 0.5) == []
 
 
 @pytest.mark.parametrize("then", ["returns", "writes"])
 def test_a_worker_whose_trial_another_worker_failed_goes_on(tmp_path, capsys, then):
-    storage = open_storage(parse_storage(f"journal:{tmp_path}/mnist.log", tmp_path), HEARTBEAT)
+    spec = parse_storage(f"journal:{tmp_path}/mnist.log", tmp_path)
+    storage = open_storage(spec, HEARTBEAT)
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    heartbeat = heartbeat_of(spec, storage, HEARTBEAT)
 
     def objective(trial: optuna.Trial) -> float:
-        if trial.number == 0:  # what another worker's fail_stale_trials does to a worker that was paused too long
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        assert heartbeat.file("s", trial.number).is_file()  # beating while it runs
+        if trial.number == 0:  # what another worker's fail_stale_journal_trials does to a worker paused too long
+            study_id = storage.get_study_id_from_name("s")
+            storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(study_id, 0), TrialState.FAIL)
             if then == "writes":  # e.g. the next epoch's report: Optuna refuses it
                 trial.report(0.5, step=1)
         return 1.0
 
-    run_trials(study, objective, n_trials=2, timeout=None, poll_s=0.1)
+    run_trials(study, objective, n_trials=2, timeout=None, poll_s=0.1, heartbeat=heartbeat)
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert "another worker failed this worker's trial, whose heartbeat had gone stale" in capsys.readouterr().err
+    assert list(heartbeat.beats.iterdir()) == []  # each trial's beat ended with it
 
 
 # ------------------------------------------------------------------------------------------- the study's view
@@ -341,10 +362,11 @@ def test_three_workers_in_their_own_folders_share_one_study_and_survive_a_sigkil
     killed = trials[killed_number]
     assert killed.state == TrialState.FAIL and not killed.user_attrs.get("surplus")
     # Failed after the kill, so by another worker, which fails only trials whose heartbeat is stale; the journal
-    # keeps the beats in the trial, so there the grace period itself can be checked.
+    # keeps the beats in files, where a killed worker's last one stays, so there the grace period itself is checked.
     assert killed.datetime_complete > killed_at
     if kind == "journal":
-        last_beat = float(Path(f"{shared}/tiny.log.heartbeats/{killed._trial_id}").read_text())
+        assert [p.name for p in (shared / "tiny.log.heartbeats").iterdir()] == [f"tiny-{killed_number}"]
+        last_beat = float((shared / "tiny.log.heartbeats" / f"tiny-{killed_number}").read_text())
         assert killed.datetime_complete.timestamp() - last_beat > HEARTBEAT["grace_period"]
     assert all(t.user_attrs.get("surplus") for t in trials if t.state == TrialState.FAIL and t is not killed)
     folder_of = {pid: folders[i] for i, pid in pids.items()} | {workers[f"worker{victim}"].pid: folders[victim]}

@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # The official files offline, when present beside the project (see README, "Data"); else data/.
 DATA_DIR ?= $(if $(wildcard ../shared/data/mnist/train-images-idx3-ubyte.gz),../shared/data/mnist,data)
-CONFIG ?= configs/default.yaml
+# Extra config to stack on the default one (mnist_lightning/default.yaml, always read): make train CONFIG=configs/seed.yaml
+CONFIG ?=
 
 .PHONY: venv train test lint bench stats clean
 
@@ -13,13 +14,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch/torchvision pinned to the releases these machines serve from local disk (a range would admit them too).
 	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-	$(PY) -m pip install --quiet -e ".[dev,onnx]"
+	$(PY) -m pip install --quiet -e ".[dev,onnx,postgres]"
 	touch $@
 
 venv: $(VENV)/.installed
 
 train: venv
-	$(PY) -m mnist_lightning fit --config $(CONFIG) --data.data_dir $(DATA_DIR)
+	$(PY) -m mnist_lightning fit $(if $(CONFIG),--config $(CONFIG)) --data.data_dir $(DATA_DIR)
 
 # The whole suite on every core (pytest-xdist; worksteal rebalances the long tests). The inner loop,
 # in about a minute: $(PY) -m pytest -m "not slow and not real_data" -n auto

@@ -4,9 +4,10 @@
     python -m mnist_lightning sweep --config configs/sweeps/tutorial.yaml --summary
     python -m mnist_lightning seeds --config configs/mlp_best.yaml --seeds 0 1 2 --data.data_dir D
 
-A sweep keeps its Optuna study in `lightning_logs/sweeps/<name>/study.db`: the same command started
-again continues it, and several started together share it. docs/experiments.md describes the sweep
-file, resuming, parallel workers, pruning and best.yaml.
+A sweep keeps its Optuna study in `lightning_logs/sweeps/<name>/study.db`, or where --storage says (a
+journal file on a shared filesystem, a PostgreSQL server: mnist_lightning/sweep_storage.py): the same
+command started again continues it, and several started together, on one machine or many, share it.
+docs/experiments.md describes the sweep file, storages, resuming, parallel workers, pruning and best.yaml.
 """
 
 from __future__ import annotations
@@ -33,12 +34,15 @@ import sqlalchemy.exc
 import yaml
 from jsonargparse import Namespace
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
+from pytorch_lightning.cli import SaveConfigCallback
 
 from mnist_lightning.cli import MNISTLightningCLI, quiet_console
 from mnist_lightning.commands import mnist_command
 from mnist_lightning.errors import UserInputError, first_line
 from mnist_lightning.resume import TrainingDiverged, TrainingInterrupted
+from mnist_lightning.sweep_storage import JournalHeartbeat, StorageSpec, heartbeat_of, open_storage, parse_storage
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
@@ -284,7 +288,14 @@ class PruneHopelessTrials(pl.Callback):
         self.pruned_at: int | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.trial.set_user_attr("run_dir", str(trainer.log_dir))  # known from the start, also if the trial dies
+        # Known from the start, also if the trial dies; absolute, with its host and the run's saved config,
+        # so that any worker, on any machine, can find the run and write best.yaml from the study alone.
+        self.trial.set_user_attr("host", socket.gethostname())
+        self.trial.set_user_attr("run_dir", os.path.abspath(trainer.log_dir))
+        saver = next((c for c in trainer.callbacks if isinstance(c, SaveConfigCallback)), None)
+        saved = Path(trainer.log_dir) / saver.config_filename if saver else None
+        if saved is not None and saved.is_file():
+            self.trial.set_user_attr("config", saved.read_text())
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -348,33 +359,29 @@ def make_sampler(spec: dict[str, Any]) -> optuna.samplers.BaseSampler:
     return TrialSeededSampler(lambda s: _build(spec, SAMPLERS, "sampler", seed=s), seed)
 
 
-def open_study(name: str, url: str, sweep: Sweep, create: bool = True) -> optuna.Study:
-    """The sweep's study, created on first use; several workers opening it at once is fine."""
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+def open_study(name: str, spec: StorageSpec, sweep: Sweep, create: bool = True) -> tuple[optuna.Study, BaseStorage]:
+    """The sweep's study, created on first use, and its storage; several workers opening it at once is fine."""
     pruner = _build(sweep.pruner, PRUNERS, "pruner")
     sampler = make_sampler(sweep.sampler)
+    url = spec.shown
     for attempt in range(3):
         try:
-            storage = optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=sweep.heartbeat["interval"],
-                grace_period=sweep.heartbeat["grace_period"])
+            storage = open_storage(spec, sweep.heartbeat)
             if not create:
-                return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+                return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner), storage
             study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
                                         direction=sweep.direction, load_if_exists=True)
             break
         except KeyError:
             raise UserInputError(f"no sweep named {name!r} in {url}: run the sweep first (same --name and --storage).") from None
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as err:
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as err:
             if attempt == 2:  # (earlier attempts: another worker was creating the same tables)
                 raise UserInputError(f"cannot open the sweep's storage {url}: {first_line(err)}") from None
             time.sleep(1 + attempt)
-        except (sqlalchemy.exc.ArgumentError, ImportError) as err:
-            raise UserInputError(f"--storage {url}: {first_line(err)} (e.g. sqlite:///path/study.db).") from None
     if study.direction.name.lower() != sweep.direction:
         raise UserInputError(f"the stored study {name!r} was made to {study.direction.name.lower()}, the sweep file "
                              f"says {sweep.direction}: keep the direction, or start a new study with --name.")
-    return study
+    return study, storage
 
 
 # ----------------------------------------------------------------------------------------- running trials
@@ -434,7 +441,7 @@ class Objective:
         finally:
             trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))
         best = next((c.best_model_path for c in cli.trainer.checkpoint_callbacks if getattr(c, "best_model_path", "")), None)
-        trial.set_user_attr("best_checkpoint", best)
+        trial.set_user_attr("best_checkpoint", best and os.path.abspath(best))
         if pruning.pruned_at is not None:
             raise optuna.TrialPruned(f"{self.sweep.metric} at epoch {pruning.pruned_at} was hopeless")
         value = cli.trainer.callback_metrics.get(self.sweep.metric)
@@ -443,18 +450,24 @@ class Objective:
         return float(value)
 
 
-def run_trials(study: optuna.Study, objective: Objective, n_trials: int | None, timeout: float | None,
-               poll_s: float) -> None:
+def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int | None,
+               timeout: float | None, poll_s: float, heartbeat: JournalHeartbeat | None = None) -> None:
     """Run trials until the study holds `n_trials` finished ones (all workers together) or time is up.
 
-    Before each trial the stale trials of killed workers are failed (Optuna's heartbeat) and the
-    finished and running trials counted; while the running ones could complete the total, this
-    worker waits for them instead of starting more.
+    Before each trial the stale trials of killed workers are failed and the finished and running
+    trials counted; while the running ones could complete the total, this worker waits for them
+    instead of starting more. The heartbeat is RDBStorage's own (Optuna's `fail_stale_trials`), or
+    for a journal storage `heartbeat` (sweep_storage.JournalHeartbeat), which also beats while this
+    worker's trial runs.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     said, ran = False, False
+    run = objective if heartbeat is None else heartbeat.around(objective)
     while deadline is None or time.monotonic() < deadline:
-        optuna.storages.fail_stale_trials(study)
+        if heartbeat is None:
+            optuna.storages.fail_stale_trials(study)  # RDBStorage's heartbeat; nothing for a storage without one
+        else:
+            heartbeat.fail_stale(study)
         finished, running = _counts(study)
         if n_trials is not None and finished >= n_trials:
             if not ran:
@@ -468,8 +481,25 @@ def run_trials(study: optuna.Study, objective: Objective, n_trials: int | None, 
                 said = True
             time.sleep(poll_s)
             continue
-        study.optimize(objective, n_trials=1, catch=(_SurplusTrial,))
+        try:
+            study.optimize(run, n_trials=1, catch=(_SurplusTrial,))
+        except (ValueError, AssertionError) as err:
+            if not _failed_elsewhere(err):
+                raise
+            print("another worker failed this worker's trial, whose heartbeat had gone stale (paused, overloaded or "
+                  "cut off from the storage for longer than grace_period); its run folder stays, and the sweep goes on.",
+                  file=sys.stderr, flush=True)
         ran = True
+
+
+def _failed_elsewhere(err: BaseException | None) -> bool:
+    """Whether Optuna could not record this worker's trial because it was no longer running: its
+    "Cannot tell a FAIL trial", which Optuna may wrap in an AssertionError of its own."""
+    while err is not None:
+        if isinstance(err, ValueError) and str(err).startswith("Cannot tell a"):
+            return True
+        err = err.__context__
+    return False
 
 
 # ----------------------------------------------------------------------------------------- the summary
@@ -492,25 +522,50 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def trials_table(study: optuna.Study, metric: str) -> str:
     rows = [[str(t.number), t.state.name, _trial_metric(t), _format_value(t.user_attrs.get("seconds", "-")),
-             t.user_attrs.get("run_dir", "-"), " ".join(f"{k}={_format_value(v)}" for k, v in t.params.items())]
+             t.user_attrs.get("host", "-"), t.user_attrs.get("run_dir", "-"),
+             " ".join(f"{k}={_format_value(v)}" for k, v in t.params.items())]
             for t in study.get_trials(deepcopy=False)]
-    return format_table(["#", "state", metric, "seconds", "run folder", "params"], rows)
+    return format_table(["#", "state", metric, "seconds", "host", "run folder", "params"], rows)
+
+
+def importances_table(study: optuna.Study) -> str:
+    """Which searched options moved the metric, by Optuna's PED-ANOVA (numpy only: fANOVA and mean decrease
+    impurity need scikit-learn). Few trials give a rough answer; the header says over how many."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return "Parameter importances: need at least 2 complete trials."
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # with few trials PED-ANOVA warns that its top and all trials coincide
+        importances = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), normalize=False)
+    total = sum(importances.values())
+    if total == 0:  # Optuna's normalising would show equal shares: say that nothing is known instead
+        return f"Parameter importances: the {len(complete)} complete trials do not tell the searched options apart."
+    rows = [[key, f"{value / total:.3f}"] for key, value in importances.items()]
+    header = f"Parameter importances (PED-ANOVA over {len(complete)} complete trials, summing to 1):"
+    return f"{header}\n{format_table(['param', 'importance'], rows)}"
 
 
 def write_best_config(trial: FrozenTrial, target: Path, sweep_name: str) -> None:
-    """The best trial's saved run config, with the logger version null so `fit --config` makes a new run."""
+    """The best trial's saved run config, with the logger version null so `fit --config` makes a new run.
+
+    The study holds the config (user attribute `config`), so this works on any worker; a trial recorded
+    before it did falls back to the file in its run folder.
+    """
     run_dir = Path(trial.user_attrs["run_dir"])
     source = run_dir / "config.yaml"
-    if not source.is_file():
+    text = trial.user_attrs.get("config")
+    if text is None and not source.is_file():
         raise UserInputError(f"the best trial's run config {source} is missing (trial {trial.number} ran on "
                              f"{trial.user_attrs.get('worker', '?')}): run --summary where its run folder is.")
-    config = yaml.safe_load(source.read_text())
+    config = yaml.safe_load(text if text is not None else source.read_text())
     loggers = config.get("trainer", {}).get("logger")
     for logger in loggers if isinstance(loggers, list) else [loggers]:
         if isinstance(logger, dict) and isinstance(logger.get("init_args"), dict):
             logger["init_args"]["version"] = None
     config["ckpt_path"] = None
-    header = (f"# The best trial ({trial.number}) of sweep {sweep_name!r}: its run config {source}, with the logger\n"
+    header = (f"# The best trial ({trial.number}) of sweep {sweep_name!r}: its run config {source} (on host "
+              f"{trial.user_attrs.get('host', '?')}), with the logger\n"
               "# version null, so `fit --config` on this file trains the same run again in a new folder.\n")
     tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
     tmp.write_text(header + yaml.safe_dump(config, sort_keys=False))
@@ -520,6 +575,7 @@ def write_best_config(trial: FrozenTrial, target: Path, sweep_name: str) -> None
 def summarize_sweep(study: optuna.Study, sweep_dir: Path, metric: str) -> None:
     """Print the trials, write the best one's config to best.yaml and print how to reproduce it."""
     print(trials_table(study, metric))
+    print(f"\n{importances_table(study)}")
     finished, running = _counts(study)
     print(f"\n{finished} finished trial(s), {running} running.")
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -529,7 +585,8 @@ def summarize_sweep(study: optuna.Study, sweep_dir: Path, metric: str) -> None:
     target = sweep_dir / "best.yaml"
     write_best_config(best, target, sweep_dir.name)
     shown = os.path.relpath(target) if not os.path.relpath(target).startswith("..") else str(target.resolve())
-    print(f"Best trial {best.number}: {metric} {best.value:.4f} ({best.user_attrs.get('run_dir')}), "
+    print(f"Best trial {best.number}: {metric} {best.value:.4f} ({best.user_attrs.get('run_dir')} on "
+          f"{best.user_attrs.get('host', '?')}), "
           f"{' '.join(f'{k}={_format_value(v)}' for k, v in best.params.items())}")
     print(f"Its config: {shown}")
     print(f"Reproduce it with: {mnist_command('fit', '--config', shown)}")
@@ -553,7 +610,8 @@ def sweep_main(argv: Sequence[str]) -> None:
     parser.add_argument("--config", required=True, action="append", type=Path, help="the sweep file")
     parser.add_argument("--n_trials", type=int, help="total finished trials of the study (overrides the file)")
     parser.add_argument("--timeout", type=float, help="start no trial after this many seconds (overrides the file)")
-    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<logs>/sweeps/<name>/study.db)")
+    parser.add_argument("--storage", help="sqlite:///FILE (default <logs>/sweeps/<name>/study.db, one machine), "
+                        "journal:FILE (a shared filesystem) or a database URL (postgresql+psycopg://user@host/db)")
     parser.add_argument("--name", help="study name (default: the sweep file's name)")
     parser.add_argument("--summary", action="store_true", help="print the trials and write best.yaml; run no trial")
     args, fit_args = parser.parse_known_args(argv)
@@ -579,22 +637,25 @@ def sweep_main(argv: Sequence[str]) -> None:
                              "/ num_nodes (run several workers instead: docs/experiments.md).")
     name = args.name or sweep.path.stem
     sweep_dir = _logs_root(config) / "sweeps" / name
-    url = args.storage or f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
+    storage = parse_storage(args.storage, sweep_dir / "study.db")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat: in Optuna since 2.9
         if args.summary:
-            if not args.storage and not (sweep_dir / "study.db").is_file():
-                raise UserInputError(f"no sweep {name!r} here: {sweep_dir / 'study.db'} does not exist (run the sweep first).")
-            summarize_sweep(open_study(name, url, sweep, create=False), sweep_dir, sweep.metric)
+            if not storage.exists():
+                raise UserInputError(f"no sweep {name!r} here: {storage.shown} does not exist (run the sweep first, "
+                                     "or pass its --storage).")
+            sweep_dir.mkdir(parents=True, exist_ok=True)  # for best.yaml, also where no trial ran
+            summarize_sweep(open_study(name, storage, sweep, create=False)[0], sweep_dir, sweep.metric)
             return
         check_search_space(sweep.search_space, base_args)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        study = open_study(name, url, sweep)
-        print(f"Sweep {name!r}: study {url}, {sweep.direction} {sweep.metric}, "
+        study, opened = open_study(name, storage, sweep)
+        heartbeat = heartbeat_of(storage, opened, sweep.heartbeat)
+        print(f"Sweep {name!r}: study {storage.shown}, {sweep.direction} {sweep.metric}, "
               f"{n_trials if n_trials is not None else 'unlimited'} trials, timeout {timeout or 'none'}.", flush=True)
         try:
             run_trials(study, Objective(sweep, base_args, n_trials), n_trials, timeout,
-                       poll_s=min(sweep.heartbeat["interval"], 5))
+                       poll_s=min(sweep.heartbeat["interval"], 5), heartbeat=heartbeat)
         except _SweepInterrupted as err:
             print("interrupted: the running trial is marked failed; the same command continues the sweep.",
                   file=sys.stderr)

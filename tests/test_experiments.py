@@ -165,7 +165,7 @@ def test_sweep_runs_each_trial_as_a_fit_run_and_best_yaml_reproduces_the_best(sh
     assert result.returncode == 0, result.stderr[-3000:]
     study = load(tmp_path)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 2
-    assert sorted(t.user_attrs["run_dir"] for t in study.trials) == [f"lightning_logs/version_{i}" for i in range(2)]
+    assert sorted(t.user_attrs["run_dir"] for t in study.trials) == [str(tmp_path / f"lightning_logs/version_{i}") for i in range(2)]
     for trial in study.trials:  # an ordinary run each, trained with the trial's own parameters
         run = tmp_path / trial.user_attrs["run_dir"]
         assert (tmp_path / trial.user_attrs["best_checkpoint"]).is_file() and list(run.glob("events.out.tfevents.*"))

@@ -288,8 +288,8 @@ def write_sweep(folder: Path, n_trials: int) -> Path:
         "pruner": "none",
         "heartbeat": HEARTBEAT,
         "search_space": {
-            "model.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
-            "model.hidden_sizes": {"type": "categorical", "choices": [[8], [16]]},
+            "model.optimizer.init_args.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+            "model.net.init_args.hidden_sizes": {"type": "categorical", "choices": [[8], [16]]},
         },
     }
     path = folder / "tiny.yaml"

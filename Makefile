@@ -22,8 +22,8 @@ venv: $(VENV)/.installed
 train: venv
 	$(PY) -m mnist_lightning fit $(if $(CONFIG),--config $(CONFIG)) --data.data_dir $(DATA_DIR)
 
-# The whole suite on every core (pytest-xdist; worksteal rebalances the long tests). The inner loop,
-# in about a minute: $(PY) -m pytest -m "not slow and not real_data" -n auto
+# The whole suite on every core (pytest-xdist; worksteal rebalances the long tests). The inner loop
+# (under 2.5 minutes): $(PY) -m pytest -m "not slow and not real_data" -n auto
 test: venv
 	$(PY) -m pytest -n auto --dist worksteal
 

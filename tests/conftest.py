@@ -348,3 +348,19 @@ def assert_one_run_written(workdir: Path) -> Path:
     assert len([n for n in names if n.startswith("epoch")]) == 1, names  # save_top_k 1
     assert not [n for n in names if n.endswith(".tmp") or re.search(r"-v\d+\.ckpt$", n)], names
     return run
+
+
+def hparams_row(run_dir: Path) -> dict[str, object]:
+    """The hyperparameters of the run's last HPARAMS session, as TensorBoard reads them from the event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    params: dict[str, object] = {}
+    for content in acc.PluginTagToContent("hparams").values():
+        data = plugin_data_pb2.HParamsPluginData.FromString(content)
+        if data.HasField("session_start_info"):
+            for key, value in data.session_start_info.hparams.items():
+                params[key] = value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
+    return params

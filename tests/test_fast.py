@@ -4,7 +4,7 @@ bit, for any net, optimizer and per-step schedule, and clear refusals of what it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,17 +22,6 @@ from mnist_lightning.resume import SafeCheckpointIO
 from mnist_lightning.schedules import Cosine, OneCycle
 
 FAST_CONFIG = str(PROJECT_ROOT / "configs" / "fast.yaml")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """One intra-op thread for these fits, as the CLI's default config has it (torch_threads: 1): for
-    nets this small, on a small shared CPU, thread hand-offs cost more than the math (a fit takes
-    seconds instead of one under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class SmallCNN(nn.Module):

@@ -4,7 +4,6 @@ metrics, checkpoints."""
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -19,17 +18,6 @@ from mnist_lightning.errors import CheckpointError, UserInputError
 from mnist_lightning.model import part_settings
 from mnist_lightning.resume import SafeCheckpointIO, load_checkpoint_file
 from mnist_lightning.schedules import Cosine, OneCycle
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """One intra-op thread for these fits, as the CLI's default config has it (torch_threads: 1): for
-    nets this small, on a small shared CPU, thread hand-offs cost more than the math (a fit takes
-    seconds instead of one under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class SmallCNN(nn.Module):

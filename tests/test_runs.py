@@ -19,9 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import PROJECT_ROOT, TINY_ARGS, CliResult, run_cli, run_process
+from conftest import PROJECT_ROOT, TINY_ARGS, CliResult, hparams_row, run_cli, run_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins.hparams import plugin_data_pb2
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -39,16 +38,7 @@ def _events(run_dir: Path) -> EventAccumulator:
 
 
 def _hparams(run_dir: Path) -> dict[str, object]:
-    """The hyperparameters of the run's last HPARAMS session, as TensorBoard reads them."""
-    acc = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
-    acc.Reload()
-    params: dict[str, object] = {}
-    for content in acc.PluginTagToContent("hparams").values():
-        data = plugin_data_pb2.HParamsPluginData.FromString(content)
-        if data.HasField("session_start_info"):
-            for key, value in data.session_start_info.hparams.items():
-                params[key] = value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
-    return params
+    return hparams_row(run_dir)
 
 
 def _last(run_dir: Path) -> Path:

@@ -19,9 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY_ARGS, TrainedRun, run_cli
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins.hparams import plugin_data_pb2
+from conftest import TINY_ARGS, TrainedRun, hparams_row, run_cli
 
 EPOCHS = 2
 BASE_LR, GAMMA = 0.05, 0.5
@@ -132,16 +130,7 @@ def _checkpoint(path: Path) -> dict:
 
 
 def _hparams(run_dir: Path) -> dict[str, object]:
-    """The hyperparameters of the run's last HPARAMS session, as TensorBoard reads them (as in test_runs.py)."""
-    acc = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
-    acc.Reload()
-    params: dict[str, object] = {}
-    for content in acc.PluginTagToContent("hparams").values():
-        data = plugin_data_pb2.HParamsPluginData.FromString(content)
-        if data.HasField("session_start_info"):
-            for key, value in data.session_start_info.hparams.items():
-                params[key] = value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
-    return params
+    return hparams_row(run_dir)
 
 
 def test_a_net_of_the_users_own_trains_from_its_class_path(user_run):

@@ -407,8 +407,9 @@ class MNISTClassifier(pl.LightningModule):
         # objects, which __init__ does not keep: keep the configs, so a checkpoint saved again still has them.
         saved = checkpoint.get("hyper_parameters") or {}
         for key in PARTS:
-            if key not in self.hparams and key in saved and _is_plain(_plain(saved[key])):
-                self.hparams[key] = _plain(saved[key])  # jsonargparse may have retyped its numbers in place
+            config = _plain(saved.get(key))  # jsonargparse may have retyped its numbers in place
+            if key not in self.hparams and key in saved and _is_plain(config):
+                self.hparams[key] = config
         rng = checkpoint.get("rng_state")
         # `_trainer`: a model loaded outside a Trainer (load_from_checkpoint) has none, and the public
         # `trainer` property raises there; the RNG belongs to a resumed fit only.

@@ -9,9 +9,12 @@ classes; every step runs in a fresh process, the steps alternating within each r
         validation) on a minimal LightningModule around the same MLP: no metrics, no logging,
         plain Adam; the project's in-memory MNISTDataModule
   a2    the same with the fused Adam that MNISTClassifier uses
-  b1    MNISTClassifier without the self.log calls of its training step: `log_training` only
-        updates the metric objects (a subclass, for this measurement only), everything still off
-  b     MNISTClassifier as it is: + the self.log calls of its training step
+  b0    MNISTClassifier as it was before issue 22 (a subclass, for this measurement only): torchmetrics'
+        MeanMetric + MulticlassAccuracy updated every step and `self.log` of the step loss on every
+        step, everything still off (the logging work is paid even without a logger)
+  b1    the same without the per-step `self.log`: what the two metric objects cost
+  b     MNISTClassifier as it is: one TrainingMeans update per step, the step loss logged only on the
+        steps whose value reaches a logger (none here; one in 50 from step e on)
   c     + validation each epoch (and Lightning's 2-batch sanity check before fit)
   d     + progress bar (TQDMProgressBar, refresh 50) and the model summary
   e     + TensorBoardLogger (log_every_n_steps 50)
@@ -43,8 +46,9 @@ STEPS = {
     "bare": "bare PyTorch loop, plain Adam (reference)",
     "a": "Lightning loop, everything off, minimal module, plain Adam",
     "a2": "+ fused Adam (MNISTClassifier's optimizer)",
-    "b1": "MNISTClassifier, no self.log in its training step",
-    "b": "+ its training step's self.log = MNISTClassifier",
+    "b0": "MNISTClassifier before issue 22: 2 metric objects + self.log every step",
+    "b1": "the same without the per-step self.log",
+    "b": "MNISTClassifier now: 1 TrainingMeans update, step loss logged when written",
     "c": "+ validation each epoch",
     "d": "+ progress bar (refresh 50), model summary",
     "e": "+ TensorBoard logger",
@@ -54,12 +58,13 @@ STEPS = {
     "cli": "`python -m mnist_lightning fit` (default config)",
     "cli-fast": "the same, --config configs/fast.yaml",
 }
-LIGHTNING_STEPS = ("a", "a2", "b1", "b", "c", "d", "e", "f", "g", "h")
+LIGHTNING_STEPS = ("a", "a2", "b0", "b1", "b", "c", "d", "e", "f", "g", "h")
 
 
 def run_step(step: str, data_dir: Path, epochs: int, workdir: Path) -> dict:
     """Train one step of the ablation in this process; returns its epoch times."""
     from functools import partial
+    from typing import Any
 
     import pytorch_lightning as pl
     import torch
@@ -67,6 +72,8 @@ def run_step(step: str, data_dir: Path, epochs: int, workdir: Path) -> dict:
     from epoch_timer import EpochTimer
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
     from pytorch_lightning.loggers import TensorBoardLogger
+    from torchmetrics import MeanMetric
+    from torchmetrics.classification import MulticlassAccuracy
 
     from mnist_lightning.__main__ import skip_failing_nvml_check
     from mnist_lightning.data import MNISTDataModule
@@ -93,20 +100,38 @@ def run_step(step: str, data_dir: Path, epochs: int, workdir: Path) -> dict:
         def configure_optimizers(self) -> torch.optim.Optimizer:
             return torch.optim.Adam(self.parameters(), lr=1e-3, fused=self.fused or None)
 
-    class MetricsWithoutLog(MNISTClassifier):
-        """MNISTClassifier whose training step updates its metric objects but calls no self.log."""
+    class BeforeIssue22(MNISTClassifier):
+        """MNISTClassifier's training step as it was: two metric objects, and `self.log` every step if `log_steps`."""
 
-        def log_training(self, loss: torch.Tensor, preds: torch.Tensor, y: torch.Tensor) -> None:
-            self.train_loss.update(loss)
-            self.train_acc.update(preds, y)
+        def __init__(self, log_steps: bool, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.log_steps = log_steps
+            self.old_loss = MeanMetric()
+            self.old_acc = MulticlassAccuracy(num_classes=10, average="micro", validate_args=False)
+
+        def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+            loss, preds, y = self.model_step(batch, training=True)
+            self.old_loss.update(loss)
+            self.old_acc.update(preds, y)
+            if self.log_steps:
+                self.log("train/loss_step", loss.detach().mean(), on_step=True, on_epoch=False)
+            return loss
+
+        def on_train_epoch_end(self) -> None:
+            self.log("train/loss", self.old_loss.compute(), batch_size=1)
+            self.log("train/acc", self.old_acc.compute(), prog_bar=True, batch_size=1)
+            self.old_loss.reset()
+            self.old_acc.reset()
 
     level = LIGHTNING_STEPS.index(step)
     on = {s: level >= LIGHTNING_STEPS.index(s) for s in LIGHTNING_STEPS}
-    if not on["b1"]:
+    adam = partial(torch.optim.Adam, lr=1e-3, fused=True)  # the default config's parts: 784-50-10 MLP, fused Adam
+    if not on["b0"]:
         model = MinimalModule(fused=on["a2"])
-    else:  # the default config's parts: the 784-50-10 MLP and fused Adam at 1e-3
-        adam = partial(torch.optim.Adam, lr=1e-3, fused=True)
-        model = (MNISTClassifier if on["b"] else MetricsWithoutLog)(net=MLP([50]), optimizer=adam)
+    elif not on["b"]:
+        model = BeforeIssue22(log_steps=not on["b1"], net=MLP([50]), optimizer=adam)
+    else:
+        model = MNISTClassifier(net=MLP([50]), optimizer=adam)
     timer = EpochTimer(str(workdir / "epochs.json"), exit_marker=False)
     callbacks: list = [timer]
     plugins: list = []

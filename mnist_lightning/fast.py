@@ -112,8 +112,7 @@ class FastMNISTClassifier(MNISTClassifier):
             return None
         step_losses = torch.stack(losses)
         # Epoch means in the same metric objects as the idiomatic class, one update per call.
-        self.train_loss.update(step_losses)
-        self.train_acc.update(torch.cat(preds), torch.cat(targets))
+        self.train_metrics.update(step_losses, torch.cat(preds), torch.cat(targets))
         # A NaN or infinite loss at any of the steps makes the mean so (ResumeCheckpoint reads it).
         return {"loss": step_losses.mean()}
 

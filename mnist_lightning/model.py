@@ -36,6 +36,7 @@ from torchmetrics import MaxMetric, MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnist_lightning.errors import CheckpointError, UserInputError, first_line
+from mnist_lightning.metrics import TrainingMeans, upgrade_training_metric_keys
 from mnist_lightning.schedules import RunSchedule
 
 IMAGE_PIXELS = 28 * 28
@@ -210,15 +211,16 @@ class MNISTClassifier(pl.LightningModule):
         self.schedule_spans_run = isinstance(lr_scheduler, RunSchedule)
         # One metric object per stage. validate_args=False: the argument checks cost more than the
         # update itself on a 64-image batch.
-        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False)
-        self.val_acc = self.train_acc.clone()
-        self.test_acc = self.train_acc.clone()
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False)
+        self.test_acc = self.val_acc.clone()
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        # Training: the epoch's mean loss and accuracy in one object, one update per step (metrics.py says why).
+        self.train_metrics = TrainingMeans()
         self.test_count = SumMetric()  # images tested, for the tutorial's "Got N / 10000" line
         self.val_acc_best = MaxMetric()
         # Metric states go into checkpoints, so a run resumed mid-epoch logs the same epoch means,
         # and the best validation accuracy survives a resume.
-        for metric in (self.train_acc, self.train_loss, self.val_acc_best):
+        for metric in (self.train_metrics, self.val_acc_best):
             metric.persistent(True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -251,26 +253,46 @@ class MNISTClassifier(pl.LightningModule):
         return self.loss(logits, y, training), logits.argmax(dim=1), y
 
     # ------------------------------------------------------------------------------ training
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         loss, preds, y = self.model_step(batch, training=True)
-        self.log_training(loss, preds, y)
-        return loss
+        self.train_metrics.update(loss, preds, y)
+        # "loss" is what Lightning optimises (divided by accumulate_grad_batches in `outputs`);
+        # "step_loss" reaches on_train_batch_end as computed, for the step curve.
+        return {"loss": loss, "step_loss": loss.detach()}
 
-    def log_training(self, loss: torch.Tensor, preds: torch.Tensor, y: torch.Tensor) -> None:
-        """Update the epoch's training metrics with one or more batches, and log the step loss."""
-        self.train_loss.update(loss)
-        self.train_acc.update(preds, y)
-        self.log("train/loss_step", loss.detach().mean(), on_step=True, on_epoch=False)
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # The step curve is logged only on the steps whose value Lightning writes to the loggers:
+        # `log_every_n_steps` thins what is written, not the cost of each `self.log` call, which is
+        # as large as the metrics' (docs/speed.md). Same values at the same steps (tests/test_model.py).
+        step_loss = outputs.get("step_loss") if isinstance(outputs, Mapping) else None
+        if step_loss is not None and self.step_values_reach_loggers():
+            self.log("train/loss_step", step_loss, on_step=True, on_epoch=False, batch_size=1)
+
+    def step_values_reach_loggers(self) -> bool:
+        """Whether values logged now, at the end of a training batch, are written to the loggers.
+
+        Lightning's rule (`log_every_n_steps`, public Trainer flags only): after the optimizer step
+        that makes `global_step` a multiple of `log_every_n_steps`, when the run is stopping, and
+        on every step of a `fast_dev_run`. Inside an accumulation window nothing is written, and a
+        value logged there is overwritten by the window's last batch before it could be.
+        """
+        trainer = self.trainer
+        if not self.loggers:
+            return False
+        if trainer.fast_dev_run:
+            return True
+        every = trainer.log_every_n_steps
+        return every > 0 and (trainer.global_step % every == 0 or trainer.should_stop)
 
     def on_train_epoch_end(self) -> None:
         # Computed, logged and reset here rather than logged as metric objects in the step: Lightning
         # resets logged objects only after the epoch-end checkpoint, which then carries a finished
         # epoch's counts into the next epoch of a resumed run (tests/test_resume.py shows it).
         # batch_size=1: single epoch-level values (the fast subclass's training_step gives Lightning no batch).
-        self.log("train/loss", self.train_loss.compute(), batch_size=1)
-        self.log("train/acc", self.train_acc.compute(), prog_bar=True, batch_size=1)
-        self.train_loss.reset()
-        self.train_acc.reset()
+        loss, accuracy = self.train_metrics.compute()
+        self.log("train/loss", loss, batch_size=1)
+        self.log("train/acc", accuracy, prog_bar=True, batch_size=1)
+        self.train_metrics.reset()
 
     def on_train_start(self) -> None:
         # A sanity check or an earlier `validate` must not count as the best epoch (resumed runs keep theirs).
@@ -403,6 +425,7 @@ class MNISTClassifier(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._check_architecture(checkpoint)
+        upgrade_training_metric_keys(checkpoint.get("state_dict", {}))  # runs saved before TrainingMeans
         # `load_from_checkpoint` rebuilt the parts from their saved configs but passed them in as
         # objects, which __init__ does not keep: keep the configs, so a checkpoint saved again still has them.
         saved = checkpoint.get("hyper_parameters") or {}

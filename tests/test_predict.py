@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_ARGS, TrainedRun, run_cli
+from conftest import TINY_ARGS, TrainedRun, TutorialRun, run_cli
 from PIL import Image, ImageDraw
 
 from mnist_lightning import atomic
@@ -427,13 +427,11 @@ def test_predict_reads_what_people_have_and_skips_what_it_cannot(trained_run: Tr
 
 @pytest.mark.slow
 @pytest.mark.real_data
-def test_real_mnist_digits_saved_as_images_are_recognised(real_data: Path, tmp_path: Path) -> None:
-    """One epoch on MNIST, then 20 test digits saved as PNG/JPEG files, enlarged, half of them dark on
-    light: the preprocessing must hand the net digits it recognises."""
-    result = run_cli("fit", "--data.data_dir", str(real_data), "--trainer.max_epochs", "1", "--torch_threads", "1",
-                     "--trainer.enable_progress_bar", "false", cwd=tmp_path, timeout=600)
-    assert result.returncode == 0, result.stderr
-    ckpt = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+def test_real_mnist_digits_saved_as_images_are_recognised(real_data: Path, tutorial_on_real_mnist: TutorialRun,
+                                                          tmp_path: Path) -> None:
+    """The tutorial's net trained on MNIST (conftest's shared run), then 20 test digits saved as PNG/JPEG
+    files, enlarged, half of them dark on light: the preprocessing must hand the net digits it recognises."""
+    ckpt = tutorial_on_real_mnist.last
     images, labels = load_split(real_data, DATASETS["mnist"], train=False, verify_checksum=False)
     folder = tmp_path / "digits"
     folder.mkdir()

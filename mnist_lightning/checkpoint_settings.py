@@ -53,14 +53,30 @@ def data_settings_from_checkpoint(checkpoint: dict[str, Any], datamodule_class: 
         if key not in saved:
             continue
         value = given.get(key)
-        explicit = value != defaults.get(key) or on_command_line(f"data.{key}")
-        if (explicit or resume) and value != saved[key]:
-            raise UserInputError(mismatch(subcommand, f"data.{key}", value, saved[key]))
+        explicit = _flat(key, value) != _flat(key, defaults.get(key)) or on_command_line(f"data.{key}")
+        if explicit or resume:
+            differs = _first_difference(_flat(key, value), _flat(key, saved[key]))
+            if differs is not None:
+                raise UserInputError(mismatch(subcommand, f"data.{differs[0]}", differs[1], differs[2]))
         inherited[key] = saved[key]
     data_dir = saved.get("data_dir")
     if data_dir and given.get("data_dir") == defaults.get("data_dir") and Path(data_dir).is_dir():
         inherited["data_dir"] = data_dir  # where the run found its data, while it is still there
     return inherited
+
+
+def _flat(key: str, value: Any) -> dict[str, Any]:
+    """One data setting as flat `key: value` pairs; a class-path setting (`augment`) gives its class
+    path and each init arg, whether it comes parsed (a Namespace) or saved (a dict)."""
+    return part_settings({key: value.as_dict() if isinstance(value, Namespace) else value})
+
+
+def _first_difference(given: dict[str, Any], saved: dict[str, Any]) -> tuple[str, Any, Any] | None:
+    """The first flat key whose value differs (missing counts as None), with both values."""
+    for key in dict.fromkeys([*saved, *given]):
+        if given.get(key) != saved.get(key):
+            return key, given.get(key), saved.get(key)
+    return None
 
 
 def _model_settings(model: Namespace | None) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from mnist_lightning import checkpoint_settings
+from mnist_lightning import checkpoint_settings, refit
 from mnist_lightning.commands import mnist_command
 from mnist_lightning.data import MNISTDataModule
 from mnist_lightning.errors import UserInputError, first_line
@@ -68,6 +68,7 @@ QUIET = (
     r".*The dirpath has changed from",  # predict: no checkpoints are written there
     r".*Checkpoint directory .* exists and is not empty",  # a resume continues in its own folder on purpose
     r".*Precision bf16-mixed is not supported by the model summary",  # only the summary's size estimate (MB)
+    r".*Total length of `list` across ranks is zero",  # data.val_size 0: no validation, said in a line of ours
 )
 
 
@@ -232,6 +233,11 @@ class MNISTLightningCLI(LightningCLI):
             callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS))
         if self.subcommand == "predict":
             callbacks.append(PredictionTable(csv_path=_section(self.config, self.subcommand).get("predictions_csv")))
+        no_validation = refit.no_validation_reason(self.datamodule, trainer_config.get("limit_val_batches"))
+        if self.subcommand == "fit" and no_validation:  # the refit protocol (refit.py): no validation to watch
+            callbacks, line = refit.without_validation_watchers(callbacks, no_validation)
+            if line and rank_zero_only.rank == 0:
+                print(line, flush=True)
         try:
             return super().instantiate_trainer(plugins=plugins, callbacks=callbacks, **kwargs)
         except (MisconfigurationException, ValueError, TypeError, RuntimeError, ImportError) as err:
@@ -258,7 +264,14 @@ class MNISTLightningCLI(LightningCLI):
     def after_fit(self) -> None:
         callback = next((c for c in self.trainer.checkpoint_callbacks
                          if isinstance(c, ModelCheckpoint) and c.best_model_path), None)
-        if not self.trainer.is_global_zero or callback is None:
+        if not self.trainer.is_global_zero:
+            return
+        if callback is None:
+            no_validation = refit.no_validation_reason(self.datamodule, self.trainer.limit_val_batches)
+            last = ResumeCheckpoint.path(self.trainer)
+            if no_validation and last.exists():  # the refit protocol: the last epoch is the model
+                print(f"No validation ran ({no_validation}): the model is the last checkpoint, {last}")
+                print(f"Test it with: {self.test_command(str(last))}")
             return
         score = callback.best_model_score
         score_text = f" ({callback.monitor} {float(score):.4f})" if score is not None else ""

@@ -21,11 +21,13 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from torchvision import transforms
 
+from mnist_lightning.augment import BatchAugment, TrainingAugmentation, augment_config
 from mnist_lightning.deskew import deskew
 from mnist_lightning.digits import InMemoryDigits, PerSampleDigits, keep_batch
 from mnist_lightning.errors import DataFileError, UserInputError
 from mnist_lightning.idx import DATASETS, DatasetSpec, load_split, missing_files, missing_files_message
 from mnist_lightning.images import ImageFolderDigits
+from mnist_lightning.model import part_settings
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,8 @@ class MNISTDataModule(pl.LightningDataModule):
             number of processes).
         eval_batch_size: batch size for validation, test and predict; it does not change results.
         num_workers: loader processes. 0 is fastest for the in-memory path.
-        val_size: images held out of the 60,000 for validation.
+        val_size: images held out of the 60,000 for validation. 0 trains on all of them and runs no
+            validation (the final refit: the model is the run's ``last.ckpt``).
         split_seed: seed of the train/validation split (independent of the training seed).
         normalize: False reproduces the tutorial (``ToTensor()`` only); True also subtracts the
             dataset's mean and divides by its std.
@@ -72,6 +75,9 @@ class MNISTDataModule(pl.LightningDataModule):
             deliberately custom files (e.g. a subset).
         predict_path: an image file or folder of images to classify in ``predict`` instead of the
             test set (see ``mnist_lightning.images`` for the preprocessing).
+        augment: a random transform of each training batch (`mnist_lightning.augment`), e.g.
+            ``mnist_lightning.augment.AffineJitter``; never applied to validation, test or predict
+            images. None (the default) trains on the images as they are.
     """
 
     # What a checkpoint fixes, declared once (mnist_lightning.checkpoint_settings reads these): evaluation
@@ -79,7 +85,7 @@ class MNISTDataModule(pl.LightningDataModule):
     # and the HPARAMS row shows them.
     INPUT_SETTINGS = ("dataset", "normalize", "deskew")  # what the net's input means
     SPLIT_SETTINGS = ("split_seed", "val_size")  # which training images are validation images
-    RESUME_SETTINGS = ("batch_size",)  # what else a resumed fit replays: the data order and the steps
+    RESUME_SETTINGS = ("batch_size", "augment")  # what else a resumed fit replays: the data order, the steps, the draws
 
     def __init__(
         self,
@@ -95,6 +101,7 @@ class MNISTDataModule(pl.LightningDataModule):
         pipeline: Literal["memory", "torchvision"] = "memory",
         verify: bool = True,
         predict_path: str | None = None,
+        augment: BatchAugment | None = None,
     ):
         super().__init__()
         if dataset not in DATASETS:
@@ -105,7 +112,14 @@ class MNISTDataModule(pl.LightningDataModule):
                 raise UserInputError(f"data.{name} must be an integer >= {minimum}; got {value!r}.")
         if pipeline not in ("memory", "torchvision"):
             raise UserInputError(f"data.pipeline must be 'memory' or 'torchvision'; got {pipeline!r}.")
+        if augment is not None and not isinstance(augment, BatchAugment):
+            raise UserInputError(f"data.augment must be a mnist_lightning.augment.BatchAugment; got {augment!r}.")
         self.save_hyperparameters(logger=False)  # the model logs the experiment's hyperparameters
+        # Under LightningCLI the augmentation's config (class path, init args) is saved; an object passed
+        # in Python is recorded the same way, so the checkpoint stays loadable weights-only.
+        if isinstance(self.hparams.get("augment"), BatchAugment):
+            self.hparams["augment"] = augment_config(augment)
+        self.augment = augment
         self.data_dir = Path(data_dir)
         self.spec: DatasetSpec = DATASETS[dataset]
         self.train_set: Dataset | None = None
@@ -122,10 +136,16 @@ class MNISTDataModule(pl.LightningDataModule):
         """The net's outputs: the CLI links it to `model.num_classes` and the net's `num_classes`."""
         return len(self.spec.classes)
 
+    @property
+    def has_validation(self) -> bool:
+        """Whether a fit validates: `val_size` 0 is the final refit on every training image."""
+        return self.hparams.val_size > 0
+
     def fixed_settings(self) -> dict[str, Any]:
-        """The settings a checkpoint of a run on this data fixes (see the declarations above)."""
+        """The settings a checkpoint of a run on this data fixes (see the declarations above), flat: a
+        class-path setting gives its class path and each init arg (``augment.init_args.rotation``)."""
         keys = (*self.INPUT_SETTINGS, *self.SPLIT_SETTINGS, *self.RESUME_SETTINGS)
-        return {key: self.hparams[key] for key in keys}
+        return part_settings({key: self.hparams[key] for key in keys})
 
     # ----------------------------------------------------------------------------------- files
     def splits_needed(self, stage: str | None) -> tuple[bool, ...]:
@@ -175,6 +195,9 @@ class MNISTDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets for `stage`. Idempotent: a second call changes nothing."""
         needed = self.splits_needed(stage)
+        if stage == "validate" and not self.has_validation:
+            raise UserInputError("data.val_size is 0: this run holds out no validation images, so there is nothing "
+                                 "to validate on. Use `test` on its checkpoint instead.")
         if True in needed and self.train_set is None:
             images, labels = self._decoded(train=True, keep=False)
             if self.hparams.val_size >= len(images):
@@ -238,8 +261,16 @@ class MNISTDataModule(pl.LightningDataModule):
             self.train_set,
             batch_size=self.hparams.batch_size,
             sampler=EpochShuffleSampler(self.train_set),
+            augmentation=self._augmentation(),
             **self._loader_kwargs(self.train_set),
         )
+
+    def _augmentation(self) -> TrainingAugmentation | None:
+        """The training batches' transform, seeded from the run's seed (as the shuffling is)."""
+        if self.augment is None:
+            return None
+        background = -self.spec.mean / self.spec.std if self.hparams.normalize else 0.0
+        return TrainingAugmentation(self.augment, int(os.environ.get("PL_GLOBAL_SEED", 0)), background)
 
     def _eval_loader(self, dataset: Dataset | None, shard: bool = True) -> DataLoader:
         """In order, `eval_batch_size` at a time; `shard=False` leaves DDP sharding to Lightning."""
@@ -263,8 +294,9 @@ class MNISTDataModule(pl.LightningDataModule):
             return None
         return UnrepeatedDistributedSampler(dataset, shuffle=False, **trainer.distributed_sampler_kwargs)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.val_set)
+    def val_dataloader(self) -> DataLoader | list:
+        # No loader is Lightning's way of saying "no validation": no sanity check, no validation epochs.
+        return self._eval_loader(self.val_set) if self.has_validation else []
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(self.test_set)
@@ -297,17 +329,23 @@ class EpochShuffleSampler(RandomSampler):
 
 
 class ResumableDataLoader(DataLoader):
-    """A DataLoader whose position within the epoch goes into the checkpoint.
+    """A DataLoader whose position within the epoch goes into the checkpoint, and which augments its batches.
 
     Lightning saves `state_dict()` of every training loader that has one and hands it back to
     `load_state_dict()` on resume. The position is the number of batches this epoch has yielded
     (Lightning does not prefetch from sized loaders, so yielded means trained on); on resume the
     same epoch's order is rebuilt and that many batches are skipped, so nothing is repeated or
     missed, whatever the sampler (ours, or Lightning's DistributedSampler).
+
+    `augmentation` transforms each yielded batch, where it lives (main process, the dataset's
+    device), with random numbers seeded by (seed, rank, epoch, batch index): the saved position
+    is all a resume needs to draw the same ones. It happens inside the loader, so it also reaches
+    classes that bypass Lightning's batch hooks (`FastMNISTClassifier`).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, augmentation: TrainingAugmentation | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.augmentation = augmentation  # an attribute of its own name: Lightning rebuilds the loader from them
         self._epoch_batches = 0
         self._resume_from: dict[str, int] | None = None
 
@@ -325,7 +363,10 @@ class ResumableDataLoader(DataLoader):
             for _ in range(resume["batches"]):
                 next(iterator)
             self._epoch_batches = resume["batches"]
+        epoch, rank = self._sampler_epoch(), int(getattr(self.sampler, "rank", 0))  # DistributedSampler's rank
         for batch in iterator:
+            if self.augmentation is not None:
+                batch = self.augmentation(batch, rank, epoch, self._epoch_batches)
             self._epoch_batches += 1
             yield batch
 

@@ -38,10 +38,11 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 from pytorch_lightning.cli import SaveConfigCallback
 
+from mnist_lightning import refit
 from mnist_lightning.cli import MNISTLightningCLI, quiet_console
 from mnist_lightning.commands import mnist_command
 from mnist_lightning.errors import UserInputError, first_line
-from mnist_lightning.resume import TrainingDiverged, TrainingInterrupted
+from mnist_lightning.resume import ResumeCheckpoint, TrainingDiverged, TrainingInterrupted
 from mnist_lightning.sweep_storage import JournalHeartbeat, StorageSpec, heartbeat_of, open_storage, parse_storage
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -693,44 +694,66 @@ def summarize(values: Sequence[float]) -> Stats:
 @dataclass(frozen=True)
 class SeedRun:
     seed: int
-    val_acc: float
+    val_acc: float | None  # None: the run had no validation (refit-last)
     test_acc: float
     fit_seconds: float
     run_dir: str
+    protocol: str = refit.BEST_VAL  # which checkpoint was tested (mnist_lightning/refit.py)
 
 
 def run_seed(seed: int, fit_args: Sequence[str]) -> SeedRun:
-    """`fit` with this seed, then `test` on its best checkpoint (by val/acc), both in this process."""
+    """`fit` with this seed, then `test` on its model, both in this process: the best checkpoint by val/acc,
+    or, where the fit ran no validation (`--data.val_size 0`, the refit), its last.ckpt."""
     start = time.perf_counter()
     with in_process():
         fit = MNISTLightningCLI(args=["fit", *fit_args, "--seed_everything", str(seed)])
     seconds = time.perf_counter() - start
-    checkpoint = next((c for c in fit.trainer.checkpoint_callbacks if getattr(c, "best_model_path", "")), None)
-    if checkpoint is None or checkpoint.monitor != "val/acc" or checkpoint.best_model_score is None:
-        raise UserInputError("seeds tests the best checkpoint by val/acc: the config needs the default config's "
-                             "ModelCheckpoint (monitor val/acc) and at least one validation.")
-    test_args = shlex.split(fit.test_command(checkpoint.best_model_path))[3:]  # after `<python> -m mnist_lightning`
+    protocol = refit.protocol_of(fit.datamodule, fit.trainer.limit_val_batches)
+    val_acc: float | None = None
+    if protocol == refit.BEST_VAL:
+        checkpoint = next((c for c in fit.trainer.checkpoint_callbacks if getattr(c, "best_model_path", "")), None)
+        if checkpoint is None or checkpoint.monitor != "val/acc" or checkpoint.best_model_score is None:
+            raise UserInputError("seeds tests the best checkpoint by val/acc: the config needs the default config's "
+                                 "ModelCheckpoint (monitor val/acc) and at least one validation (or --data.val_size 0, "
+                                 "the refit, which tests last.ckpt).")
+        model_path, val_acc = checkpoint.best_model_path, float(checkpoint.best_model_score)
+    else:
+        model_path = str(ResumeCheckpoint.path(fit.trainer))
+    test_args = shlex.split(fit.test_command(model_path))[3:]  # after `<python> -m mnist_lightning`
     progress = fit.config.fit.trainer.get("enable_progress_bar")
     test_args += ["--verbose", "false", "--trainer.enable_progress_bar", json.dumps(progress is not False)]
     with in_process():
         test = MNISTLightningCLI(args=test_args)
-    return SeedRun(seed, float(checkpoint.best_model_score), float(test.trainer.callback_metrics["test/acc"]),
-                   seconds, str(fit.trainer.log_dir))
+    return SeedRun(seed, val_acc, float(test.trainer.callback_metrics["test/acc"]), seconds, str(fit.trainer.log_dir),
+                   protocol)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _val_stats(runs: Sequence[SeedRun], text: Callable[[Stats], str]) -> str:
+    """The validation accuracy's statistics, over the runs that validated ("-" where none did)."""
+    values = [r.val_acc for r in runs if r.val_acc is not None]
+    return text(summarize(values)) if values else "- (no validation: refit-last)"
 
 
 def seeds_table(runs: Sequence[SeedRun]) -> str:
-    rows = [[str(r.seed), f"{100 * r.val_acc:.2f}", f"{100 * r.test_acc:.2f}", f"{r.fit_seconds:.1f}", r.run_dir]
+    """Per seed: the protocol (`best-val`: best checkpoint by val/acc; `refit-last`: all training images, no
+    validation, last.ckpt), the accuracies, the fit time and the run folder; then mean ± std."""
+    rows = [[str(r.seed), r.protocol, _percent(r.val_acc), _percent(r.test_acc), f"{r.fit_seconds:.1f}", r.run_dir]
             for r in runs]
-    table = format_table(["seed", "val acc %", "test acc %", "fit s", "run folder"], rows)
-    val, test, secs = (summarize([getattr(r, k) for r in runs]) for k in ("val_acc", "test_acc", "fit_seconds"))
-    return (f"{table}\n\nval acc %   {val.text(100)}\ntest acc %  {test.text(100)}\nfit s       {secs.text(1, 1)}")
+    table = format_table(["seed", "protocol", "val acc %", "test acc %", "fit s", "run folder"], rows)
+    test, secs = (summarize([getattr(r, k) for r in runs]) for k in ("test_acc", "fit_seconds"))
+    val = _val_stats(runs, lambda stats: stats.text(100))
+    return (f"{table}\n\nval acc %   {val}\ntest acc %  {test.text(100)}\nfit s       {secs.text(1, 1)}")
 
 
 def seeds_main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m mnist_lightning seeds", allow_abbrev=False,
-        description="Fit one config with several seeds, test each best checkpoint, print mean ± std; "
-                    "other options are fit options.")
+        description="Fit one config with several seeds, test each run's model (its best checkpoint by val/acc, or "
+                    "last.ckpt with --data.val_size 0), print mean ± std; other options are fit options.")
     parser.add_argument("--config", action="append", required=True, help="run config (repeatable, as for fit)")
     parser.add_argument("--seeds", type=int, nargs="+", required=True, help="e.g. --seeds 0 1 2")
     args, fit_args = parser.parse_known_args(argv)
@@ -748,13 +771,16 @@ def seeds_main(argv: Sequence[str]) -> None:
     for seed in args.seeds:
         runs.append(run_seed(seed, base_args))
         r = runs[-1]
-        print(f"seed {seed}: val {100 * r.val_acc:.2f}%  test {100 * r.test_acc:.2f}%  fit {r.fit_seconds:.1f} s  "
-              f"{r.run_dir}", flush=True)
+        val = "-" if r.val_acc is None else f"{100 * r.val_acc:.2f}%"
+        print(f"seed {seed} ({r.protocol}): val {val}  test {100 * r.test_acc:.2f}%  "
+              f"fit {r.fit_seconds:.1f} s  {r.run_dir}", flush=True)
     print()
     print(seeds_table(runs))
-    val, test = summarize([r.val_acc for r in runs]), summarize([r.test_acc for r in runs])
-    print("\nAs a row of docs/results.md's table (config | seeds | val acc % | test acc % | test min-max | fit s):")
-    print(f"| {' '.join(args.config)} | {' '.join(map(str, args.seeds))} | {val.mean_std(100)} | {test.mean_std(100)} | "
+    test = summarize([r.test_acc for r in runs])
+    val = _val_stats(runs, lambda stats: stats.mean_std(100)).split(" (")[0]
+    protocols = " ".join(dict.fromkeys(r.protocol for r in runs))
+    print("\nAs a row of docs/results.md's table (config | protocol | seeds | val acc % | test acc % | test min-max | fit s):")
+    print(f"| {' '.join(args.config)} | {protocols} | {' '.join(map(str, args.seeds))} | {val} | {test.mean_std(100)} | "
           f"{100 * test.low:.2f}-{100 * test.high:.2f} | {statistics.mean(r.fit_seconds for r in runs):.0f} |")
 
 

@@ -1,4 +1,4 @@
-"""TensorBoard figures at the end of each validation epoch: what the net gets wrong, at a glance.
+"""TensorBoard figures: what the net gets wrong at each validation epoch end, and what it is fed.
 
 Add `ValidationFigures` to the trainer's callbacks (the default config, mnist_lightning/default.yaml, does) and open the IMAGES
 tab of `tensorboard --logdir lightning_logs`:
@@ -16,6 +16,9 @@ once per epoch (or every `every_n_epochs`), on rank zero, never during the sanit
 are drawn with PIL (milliseconds; headless, no window): matplotlib through torchmetrics' `plot()`
 took ~0.35 s per epoch on a 2-core CPU, a fifth of a whole MNIST epoch. `seconds` holds the time
 spent, so a benchmark can report it against the epoch time.
+
+`TrainingImages` logs ``train/images`` once per run: the first training batch as the net gets it
+(augmented, when `data.augment` is set), so a user sees what the transform does.
 
 Under DDP the confusion matrix covers every rank's share of the validation set; the two image grids
 show rank zero's share.
@@ -176,16 +179,60 @@ def image_grid(images: torch.Tensor, preds: Sequence[int], targets: Sequence[int
     grid = Image.new("RGB", layout.size, "white")
     _draw(grid, layout, f)
     draw = ImageDraw.Draw(grid)
-    # Each image is scaled to [0, 1] for display, whatever the normalisation of the run; dark ink on white.
-    flat = images.detach().float().cpu().reshape(n, -1)
-    low, high = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
-    shown = (255 * (1 - (flat - low) / (high - low).clamp_min(1e-12))).round().to(torch.uint8).reshape(n, height, width)
+    shown = _shown(images)  # each image scaled to its own range, whatever the normalisation of the run
     for i, (left, top) in enumerate(tiles):
         digit = Image.fromarray(shown[i].numpy()).resize((width * zoom, height * zoom), Image.Resampling.NEAREST)
         grid.paste(digit, (left, top))
         if preds[i] != targets[i]:
             draw.rectangle((left - 2, top - 2, left + width * zoom + 1, top + height * zoom + 1),
                            outline=MISTAKE_COLOUR, width=2)
+    return grid
+
+
+def sample_layout(n: int, height: int, width: int, labels: Sequence[int], classes: Sequence[str], legend: str,
+                  columns: int = 8, zoom: int = 2,
+                  f: ImageFont.ImageFont | ImageFont.FreeTypeFont | None = None) -> tuple[Layout, list[tuple[int, int]]]:
+    """The layout of `sample_grid`: a legend, then each image under its class name, cells as wide as the longest."""
+    f = f or font()
+    columns = max(1, min(columns, n))
+    rows = max(1, math.ceil(n / columns))
+    line, pad = _line_height(f) + 2, 6
+    names = [_name(c) for c in classes]
+    cell_w = int(math.ceil(max(width * zoom, max(f.getlength(name) for name in names)))) + 2 * pad
+    cell_h = pad + line + 4 + height * zoom + pad
+    header = pad + line + pad
+    size = (max(columns * cell_w, int(math.ceil(f.getlength(legend))) + 2 * pad), header + rows * cell_h)
+    layout = Layout(size)
+    layout.texts.append(_text(f, legend, (size[0] // 2, pad), "ma"))
+    tiles = []
+    for i in range(n):
+        left, top = (i % columns) * cell_w, header + (i // columns) * cell_h
+        layout.texts.append(_text(f, names[labels[i]], (left + cell_w // 2, top + pad), "ma"))
+        tile = (left + (cell_w - width * zoom) // 2, top + pad + line + 4)
+        tiles.append(tile)
+        layout.regions.append((tile[0], tile[1], tile[0] + width * zoom, tile[1] + height * zoom))
+    return layout, tiles
+
+
+def _shown(images: torch.Tensor) -> torch.Tensor:
+    """Images (N, 1, H, W) as uint8 (N, H, W) for display: each scaled to its own range, dark ink on white."""
+    n, _, height, width = images.shape
+    flat = images.detach().float().cpu().reshape(n, -1)
+    low, high = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
+    return (255 * (1 - (flat - low) / (high - low).clamp_min(1e-12))).round().to(torch.uint8).reshape(n, height, width)
+
+
+def sample_grid(images: torch.Tensor, labels: Sequence[int], classes: Sequence[str], legend: str, columns: int = 8,
+                zoom: int = 2) -> Image.Image:
+    """Images (N, 1, H, W) tiled `columns` wide, each under its class name, with a `legend` line on top."""
+    n, _, height, width = images.shape
+    f = font()
+    layout, tiles = sample_layout(n, height, width, labels, classes, legend, columns, zoom, f)
+    grid = Image.new("RGB", layout.size, "white")
+    _draw(grid, layout, f)
+    shown = _shown(images)
+    for i, corner in enumerate(tiles):
+        grid.paste(Image.fromarray(shown[i].numpy()).resize((width * zoom, height * zoom), Image.Resampling.NEAREST), corner)
     return grid
 
 
@@ -371,3 +418,51 @@ class ValidationFigures(Callback):
         if classes is not None and len(classes) == num_classes:
             return [str(c) for c in classes]
         return [str(i) for i in range(num_classes)]
+
+
+class TrainingImages(Callback):
+    """Logs ``train/images``: a grid of training images exactly as the net is fed them (augmented, when the
+    data augments), labelled with their class, once per run from its first training batch.
+
+        python -m mnist_lightning fit --data.augment mnist_lightning.augment.AffineJitter \
+            --trainer.callbacks+=mnist_lightning.figures.TrainingImages
+
+    (`configs/augment.yaml` adds it.) A resumed run does not log it again. With `FastMNISTClassifier`
+    the batch is the last of the first `training_step` call, the one Lightning hands to the hooks.
+
+    Args:
+        num_images: images in the grid (at most a batch).
+        columns: images per row.
+    """
+
+    def __init__(self, num_images: int = 32, columns: int = 8) -> None:
+        if min(num_images, columns) < 1:
+            raise ValueError(f"num_images and columns must be >= 1; got {num_images}, {columns}")
+        self.num_images, self.columns = num_images, columns
+        self.seconds = 0.0
+        self._done = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._done = trainer.ckpt_path is not None  # a resumed run logged it when it started
+        if ValidationFigures._tensorboard(trainer) is None:
+            rank_zero_warn("TrainingImages logs to TensorBoard, but the trainer has no TensorBoardLogger: "
+                           "no training images will be logged.")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._done or not isinstance(batch, list | tuple) or not isinstance(batch[0], torch.Tensor):
+            return
+        self._done = True
+        logger = ValidationFigures._tensorboard(trainer)
+        if not trainer.is_global_zero or logger is None:
+            return
+        start = time.perf_counter()
+        images, labels = batch[0][: self.num_images], batch[1][: self.num_images]
+        classes = ValidationFigures._class_names(trainer, int(getattr(pl_module.hparams, "num_classes", 10)))
+        augment = getattr(trainer.datamodule, "augment", None) if trainer.datamodule is not None else None
+        what = f"augmented by {type(augment).__name__}" if augment is not None else "not augmented"
+        legend = f"training images as the net is fed them ({what}), with their class"
+        figure = sample_grid(images, labels.tolist(), classes, legend, columns=self.columns)
+        step = max(trainer.global_step - 1, 0)  # the optimizer step this batch trained (the hook comes after it)
+        logger.experiment.add_image("train/images", render(figure), step, dataformats="HWC")
+        self.seconds += time.perf_counter() - start

@@ -21,6 +21,7 @@ from conftest import IDX_NAMES, write_idx_dataset
 from torchvision import transforms
 
 from mnist_lightning import MNISTDataModule
+from mnist_lightning.augment import AffineJitter
 from mnist_lightning.data import ResumableDataLoader, split_indices
 from mnist_lightning.digits import InMemoryDigits
 from mnist_lightning.errors import DataFileError, UserInputError
@@ -305,8 +306,13 @@ def test_fixed_settings_are_the_declared_ones_and_every_dataset_has_ten_classes(
     exactly what the data module declares; the net's outputs follow the dataset."""
     dm = MNISTDataModule(dataset=dataset, normalize=True, split_seed=7, val_size=300, batch_size=32)
     declared = (*MNISTDataModule.INPUT_SETTINGS, *MNISTDataModule.SPLIT_SETTINGS, *MNISTDataModule.RESUME_SETTINGS)
-    assert set(declared) == {"dataset", "normalize", "deskew", "split_seed", "val_size", "batch_size"}
+    assert set(declared) == {"dataset", "normalize", "deskew", "split_seed", "val_size", "batch_size", "augment"}
     assert dm.fixed_settings() == {"dataset": dataset, "normalize": True, "deskew": False, "split_seed": 7,
-                                   "val_size": 300, "batch_size": 32}
+                                   "val_size": 300, "batch_size": 32, "augment": None}
     assert list(dm.fixed_settings()) == list(declared)
+    # A class-path setting is flat, as on the command line: its class path and each init arg.
+    augmented = MNISTDataModule(dataset=dataset, augment=AffineJitter(rotation=5)).fixed_settings()
+    assert {k: v for k, v in augmented.items() if k.startswith("augment")} == {
+        "augment": "mnist_lightning.augment.AffineJitter", "augment.init_args.rotation": 5.0,
+        "augment.init_args.scale": 0.08, "augment.init_args.shift": 2.0}
     assert dm.num_classes == 10 == len(dm.classes)

@@ -321,7 +321,8 @@ def test_seeds_fits_and_tests_each_seed_and_prints_mean_and_std(shared_tiny_data
     result = run_cli("seeds", "--config", str(SEED_CONFIG), "--seeds", "0", "1", *fit_args(shared_tiny_data),
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = re.findall(r"^(\d)\s+(\d+\.\d\d)\s+(\d+\.\d\d)\s+[\d.]+\s+(lightning_logs/version_\d)$", result.stdout, re.M)
+    rows = re.findall(r"^(\d)\s+best-val\s+(\d+\.\d\d)\s+(\d+\.\d\d)\s+[\d.]+\s+(lightning_logs/version_\d)$",
+                      result.stdout, re.M)
     assert [r[0] for r in rows] == ["0", "1"] and [r[3] for r in rows] == ["lightning_logs/version_0", "lightning_logs/version_1"]
     val_accs, test_accs, weights = [], [], []
     for seed, val_acc, test_acc, run in rows:
@@ -346,3 +347,25 @@ def test_seeds_fits_and_tests_each_seed_and_prints_mean_and_std(shared_tiny_data
 
     assert re.search(rf"^val acc %\s+{re.escape(stats_line(val_accs))}$", result.stdout, re.M), result.stdout[-1500:]
     assert re.search(rf"^test acc %\s+{re.escape(stats_line(test_accs))}$", result.stdout, re.M), result.stdout[-1500:]
+
+
+@pytest.mark.slow
+def test_seeds_runs_the_refit_tests_last_ckpt_and_marks_the_protocol(shared_tiny_data: Path, tmp_path: Path) -> None:
+    """`seeds ... --data.val_size 0`: each seed trains on every image without validation; its row is marked
+    refit-last, has no validation accuracy, and its test accuracy is that of the run's last.ckpt."""
+    args = [a for a in fit_args(shared_tiny_data) if a not in ("--data.val_size", "100")]
+    result = run_cli("seeds", "--config", str(SEED_CONFIG), "--seeds", "0", *args, "--data.val_size", "0",
+                     "--model.optimizer.init_args.lr", "1e-4", cwd=tmp_path)  # slow learning: not 100% on tiny data
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = re.findall(r"^0\s+(\S+)\s+(\S+)\s+(\d+\.\d\d)\s+[\d.]+\s+(lightning_logs/version_0)$", result.stdout, re.M)
+    protocol, val_acc, test_acc, run = row
+    assert (protocol, val_acc) == ("refit-last", "-")
+    assert re.search(r"^val acc %\s+- \(no validation: refit-last\)$", result.stdout, re.M), result.stdout[-1500:]
+    assert re.search(r"^\| .*seed\.yaml \| refit-last \| 0 \| - \| ", result.stdout, re.M), result.stdout[-800:]
+    last = tmp_path / run / "checkpoints" / "last.ckpt"
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
+    test = run_cli("test", "--ckpt_path", str(last), "--data.data_dir", str(shared_tiny_data), "--data.verify", "false",
+                   "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", cwd=tmp_path)
+    assert test.returncode == 0, test.stderr[-3000:]
+    correct, total = got_line(test.stdout)
+    assert correct < total and test_acc == f"{100 * correct / total:.2f}", (test.stdout[-500:], test_acc)

@@ -179,6 +179,40 @@ def test_sigkill_then_resume_from_last_epoch_end_is_bit_identical(data_dir, unin
     assert_bit_identical(run_dir, uninterrupted)
 
 
+# Training-batch augmentation on (mnist_lightning/augment.py), over the dropout run: 2 epochs of 15 batches.
+AUGMENT_ARGS = (*RUN_ARGS, "--trainer.max_epochs", "2", "--data.augment", "mnist_lightning.augment.ElasticJitter")
+
+
+@pytest.fixture(scope="module")
+def augmented_uninterrupted(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference of the augmentation tests: augmented from start to end (READ-ONLY)."""
+    workdir = tmp_path_factory.mktemp("augmented_reference")
+    result = run_cli("fit", "--data.data_dir", str(data_dir), *AUGMENT_ARGS, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    return workdir / "lightning_logs" / "version_0"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signal_name", "batch", "saved_epoch"), [
+    ("SIGKILL", 4, 0),  # killed in epoch 1: resumed from the end of epoch 0, epoch 1's draws are drawn again
+    ("SIGTERM", 6, 1),  # saved after batch 7 of epoch 1: the resumed run draws batch 7's numbers, not batch 0's
+])
+def test_an_augmented_run_killed_then_resumed_is_bit_identical(signal_name, batch, saved_epoch, data_dir,
+                                                               augmented_uninterrupted, tmp_path):
+    """The augmentation's random numbers are a function of (seed, rank, epoch, batch index), all of which the
+    checkpoint fixes: the resumed run feeds the net the same augmented batches and ends with the same weights."""
+    first = _fit_interrupted(tmp_path, "--data.data_dir", str(data_dir), *AUGMENT_ARGS,
+                             *_inject(signal_name, epoch=1, batch=batch))
+    expected = -signal.SIGKILL if signal_name == "SIGKILL" else 128 + signal.SIGTERM
+    assert first.returncode == expected, first.stderr
+    run_dir = tmp_path / "lightning_logs" / "version_0"
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == saved_epoch
+
+    resumed = _fit_here(tmp_path, "--config", str(run_dir / "config.yaml"), "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_bit_identical(run_dir, augmented_uninterrupted)
+
+
 @pytest.mark.slow
 def test_a_users_own_net_sigkilled_mid_epoch_resumes_bit_identical(data_dir, nets_dir, cnn_uninterrupted, tmp_path):
     """`--model.net my_nets.SmallCNN` from a folder of the user's, with a run-long OneCycle schedule:

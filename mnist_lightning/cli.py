@@ -14,11 +14,14 @@ checkpoint files and signal-safe interrupts (`resume.py`), the settings a checkp
 from __future__ import annotations
 
 import copy
+import errno
 import importlib
 import inspect
 import logging
 import os
+import shutil
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -27,9 +30,15 @@ from typing import Any
 
 import torch
 from jsonargparse import Namespace
-from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
+from pytorch_lightning.callbacks import (
+    DeviceStatsMonitor,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ProgressBar,
+    TQDMProgressBar,
+)
 from pytorch_lightning.cli import LightningCLI
-from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from mnist_lightning import checkpoint_settings, refit
@@ -43,15 +52,25 @@ from mnist_lightning.resume import (
     ResumeCheckpoint,
     SafeCheckpointIO,
     checkpoint_dir,
+    checkpoint_files,
     load_checkpoint_file,
     remove_superseded_checkpoints,
+    unlogged_monitors,
 )
 from mnist_lightning.runs import (
+    NOT_SAVED,
+    RUN_PREFIX,
     RunConfigSaver,
     claim_run_dir,
+    claim_run_dir_without_logger,
+    has_no_logger,
+    keep_csv_rows,
     logger_namespace,
+    logger_of_run,
     refuse_earlier_run,
+    reopen_run,
     resolve_ckpt_path,
+    run_dir_of_checkpoint,
     run_of_checkpoint,
     runs_root,
 )
@@ -61,6 +80,9 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.yaml"
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 PROGRESS_BAR_REFRESH_STEPS = 50
 BYTES_PER_PARAMETER = 16  # to train: weights, gradients and an optimizer's two moments (Adam's), float32
+# Lightning's callbacks that refuse a trainer without a logger; with `--trainer.logger false` they step aside.
+NEED_A_LOGGER = (LearningRateMonitor, DeviceStatsMonitor)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 # Lightning messages that say nothing a user of this project needs (each checked: issue 12):
 QUIET = (
     r".*`weights_only` was not set",  # Lightning's own loads; ours are weights_only=True (SafeCheckpointIO)
@@ -102,17 +124,63 @@ class MNISTLightningCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True, callbacks: list[Any] | None = None) -> None:
         self.checkpoint: dict[str, Any] | None = None
         self.parsed: Namespace | None = None  # the config as given, before the checkpoint's hyperparameters
-        super().__init__(
-            MNISTClassifier,
-            MNISTDataModule,
-            subclass_mode_model=True,
-            auto_configure_optimizers=False,
-            save_config_callback=RunConfigSaver,
-            parser_kwargs={sub: {"default_config_files": [str(DEFAULT_CONFIG)]} for sub in LIGHTNING_SUBCOMMANDS},
-            trainer_defaults={"callbacks": [ResumeCheckpoint(), *(callbacks or [])]},
-            args=args,
-            run=run,
-        )
+        self.claimed_run_dir: Path | None = None  # the new run folder this command created, if any
+        try:
+            super().__init__(
+                MNISTClassifier,
+                MNISTDataModule,
+                subclass_mode_model=True,
+                auto_configure_optimizers=False,
+                save_config_callback=RunConfigSaver,
+                parser_kwargs={sub: {"default_config_files": [str(DEFAULT_CONFIG)]} for sub in LIGHTNING_SUBCOMMANDS},
+                trainer_defaults={"callbacks": [ResumeCheckpoint(), *(callbacks or [])]},
+                args=args,
+                run=run,
+            )
+        except BaseException as err:
+            full = next((e for e in _chain(err) if isinstance(e, OSError) and e.errno in DISK_FULL), None)
+            removed = self._remove_unused_run_dir(disk_full=full is not None)
+            mistake = self._disk_full(full, removed) if full is not None else self._user_mistake(err)
+            if mistake is not None:
+                raise mistake from None
+            raise
+
+    def _remove_unused_run_dir(self, disk_full: bool) -> bool:
+        """A command that stops before its first training step (a refused run), or on a full disk before its
+        first checkpoint, leaves no run folder behind: the one it claimed goes, unless it holds a checkpoint.
+        A run that trained and then failed otherwise (e.g. its loss diverged) keeps its curves."""
+        run_dir = self.claimed_run_dir
+        if run_dir is None or not run_dir.is_dir() or rank_zero_only.rank != 0:
+            return False
+        trainer = getattr(self, "trainer", None)
+        trained = trainer is not None and trainer.global_step > 0
+        if (trained and not disk_full) or checkpoint_files(run_dir / "checkpoints"):
+            return False
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return True
+
+    def _disk_full(self, err: OSError, removed: bool) -> UserInputError:
+        run_dir = self.claimed_run_dir
+        where = f" {err.filename}" if err.filename else f" the run's files in {run_dir}" if run_dir else ""
+        if removed:
+            after = f" The unfinished run folder {run_dir} was removed (no checkpoint had been saved)."
+        elif run_dir is not None:
+            after = f" The run folder {run_dir} and its checkpoints are kept."
+        else:
+            after = ""
+        return UserInputError(f"the disk is full: could not write{where} ({err.strerror}). Free some space and run "
+                              f"again.{after}")
+
+    def _user_mistake(self, err: BaseException) -> UserInputError | None:
+        """A user's mistake that Lightning reports deep inside a fit, as one line: a monitor never logged."""
+        trainer = getattr(self, "trainer", None)
+        if isinstance(err, RuntimeError) and trainer is not None and (missing := unlogged_monitors(trainer)):
+            logged = ", ".join(sorted(trainer.callback_metrics)) or "none"
+            last = ResumeCheckpoint.path(trainer)
+            saved = f" This epoch is saved: {last}; fix the monitor and resume with --ckpt_path last." if last.exists() else ""
+            return UserInputError(f"EarlyStopping monitors {', '.join(missing)}, which this run does not log (it logs "
+                                  f"{logged}): set its monitor to one of those.{saved}")
+        return None
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_argument(
@@ -170,14 +238,57 @@ class MNISTLightningCLI(LightningCLI):
         if self.checkpoint is not None:
             self._take_settings_from_checkpoint()
             config = _section(self.config, self.subcommand)  # parsed anew with the checkpoint's settings
+        if self.subcommand in ("validate", "test") and config.get("ckpt_path") and not self._logger_given():
+            self._log_with_the_runs_logger(config.ckpt_path)
+            config = _section(self.config, self.subcommand)
+        writes_logs = not config.trainer.get("fast_dev_run")  # fast_dev_run writes nothing
+        if has_no_logger(config) and self.subcommand != "predict":
+            self._run_dir_without_logger(config, writes_logs)
+            return
         logger = logger_namespace(config)
         if logger is None:
             return
         if logger.init_args.get("version") is None and self.subcommand != "fit" and config.get("ckpt_path"):
             logger.init_args.version = run_of_checkpoint(config.ckpt_path, logger)  # evaluate into its run
-        writes_logs = not config.trainer.get("fast_dev_run")  # fast_dev_run writes nothing
         if logger.init_args.get("version") is None and writes_logs and rank_zero_only.rank == 0:
             logger.init_args.version = claim_run_dir(runs_root(logger))
+            self.claimed_run_dir = runs_root(logger) / f"{RUN_PREFIX}{logger.init_args.version}"
+        if self.subcommand != "fit" or config.get("ckpt_path"):
+            keep_csv_rows(logger)  # a run reopened: a resume, or an evaluation added to it
+
+    def _logger_given(self) -> bool:
+        """`--trainer.logger` (or one of its init args) named on the command line: the user's choice wins."""
+        return any(key == "trainer.logger" or key.startswith("trainer.logger.") for key in self.on_command_line.given)
+
+    def _log_with_the_runs_logger(self, ckpt_path: str) -> None:
+        """An evaluation of a run's checkpoint logs with the run's own logger (as its config.yaml saved it) into
+        the run's folder: a CSV run gets rows in its metrics.csv, not a TensorBoard event file."""
+        run_dir = run_dir_of_checkpoint(ckpt_path)
+        saved = logger_of_run(run_dir) if run_dir is not None else NOT_SAVED
+        if saved is NOT_SAVED:
+            return
+        self.config = self.parser.parse_object({self.subcommand: {"trainer": {"logger": saved}}}, self.config)
+        logger = logger_namespace(_section(self.config, self.subcommand))
+        if logger is not None and run_dir is not None:
+            reopen_run(logger, run_dir)
+
+    def _run_dir_without_logger(self, config: Namespace, writes_logs: bool) -> None:
+        """Without a logger the run's folder is the trainer's default_root_dir (Lightning puts checkpoints and
+        the saved config there): a new `version_N` for a new fit, the checkpoint's own run otherwise."""
+        trainer = config.trainer
+        ckpt_path = config.get("ckpt_path")
+        if self.subcommand == "fit" and ckpt_path is None:
+            if writes_logs and rank_zero_only.rank == 0:
+                self.claimed_run_dir = claim_run_dir_without_logger(trainer.get("default_root_dir"))
+                trainer.default_root_dir = str(self.claimed_run_dir)
+            return
+        if trainer.get("default_root_dir") is not None:  # given, e.g. by the run's own saved config
+            return
+        run_dir = run_dir_of_checkpoint(ckpt_path) if ckpt_path not in (None, "hpc") else None
+        if run_dir is not None:
+            trainer.default_root_dir = str(run_dir)
+        elif self.subcommand != "fit":
+            self.save_config_callback = None  # an evaluation outside any run writes nothing (not ./config.yaml)
 
     def _take_settings_from_checkpoint(self) -> None:
         """The data settings the checkpoint fixes are taken from it; a resume also checks the model's."""
@@ -238,6 +349,8 @@ class MNISTLightningCLI(LightningCLI):
             callbacks, line = refit.without_validation_watchers(callbacks, no_validation)
             if line and rank_zero_only.rank == 0:
                 print(line, flush=True)
+        if trainer_config.get("logger") in (False, []) and self.subcommand != "predict":
+            callbacks = _without_callbacks_that_need_a_logger(callbacks)
         try:
             return super().instantiate_trainer(plugins=plugins, callbacks=callbacks, **kwargs)
         except (MisconfigurationException, ValueError, TypeError, RuntimeError, ImportError) as err:
@@ -262,24 +375,42 @@ class MNISTLightningCLI(LightningCLI):
             self.trainer.fit(model, **kwargs)
 
     def after_fit(self) -> None:
-        callback = next((c for c in self.trainer.checkpoint_callbacks
-                         if isinstance(c, ModelCheckpoint) and c.best_model_path), None)
         if not self.trainer.is_global_zero:
             return
-        if callback is None:
-            no_validation = refit.no_validation_reason(self.datamodule, self.trainer.limit_val_batches)
-            last = ResumeCheckpoint.path(self.trainer)
-            if no_validation and last.exists():  # the refit protocol: the last epoch is the model
-                print(f"No validation ran ({no_validation}): the model is the last checkpoint, {last}")
-                print(f"Test it with: {self.test_command(str(last))}")
-            return
-        score = callback.best_model_score
-        score_text = f" ({callback.monitor} {float(score):.4f})" if score is not None else ""
-        print(f"Best checkpoint{score_text}: {callback.best_model_path}")
+        self._say_why_nothing_trained()
+        callback = next((c for c in self.trainer.checkpoint_callbacks
+                         if isinstance(c, ModelCheckpoint) and c.best_model_path), None)
+        if callback is not None:
+            score = callback.best_model_score
+            score_text = f" ({callback.monitor} {float(score):.4f})" if score is not None else ""
+            print(f"Best checkpoint{score_text}: {callback.best_model_path}")
         last = ResumeCheckpoint.path(self.trainer)
-        if last.exists():
+        no_validation = refit.no_validation_reason(self.datamodule, self.trainer.limit_val_batches)
+        if callback is None and no_validation and last.exists():  # the refit protocol: the last epoch is the model
+            print(f"No validation ran ({no_validation}): the model is the last checkpoint, {last}")
+        elif last.exists():
             print(f"Last checkpoint: {last}")
-        print(f"Test it with: {self.test_command(callback.best_model_path)}")
+        tested = callback.best_model_path if callback is not None else str(last) if last.exists() else None
+        if tested:
+            print(f"Test it with: {self.test_command(tested)}")
+
+    def _say_why_nothing_trained(self) -> None:
+        """A fit that made no optimizer step ends normally (exit 0: each case is a legal request, e.g.
+        limit_train_batches 0 to validate only), but says so in one line instead of nothing."""
+        trainer = self.trainer
+        started_at = int(self.checkpoint.get("global_step") or 0) if self.checkpoint is not None else 0
+        if trainer.global_step != started_at:
+            return
+        if trainer.max_epochs == 0:
+            why = "--trainer.max_epochs is 0"
+        elif trainer.limit_train_batches == 0 or trainer.num_training_batches == 0:
+            why = "there are no training batches (--trainer.limit_train_batches 0, or no training images)"
+        elif self.checkpoint is not None and trainer.fit_loop.done:
+            why = (f"the checkpoint has already trained {trainer.current_epoch} epochs of max_epochs "
+                   f"{trainer.max_epochs}; pass a larger --trainer.max_epochs to train on")
+        else:
+            why = "the trainer's limits (max_steps, max_time) allowed no step"
+        print(f"nothing trained: {why}.", file=sys.stderr)
 
     def test_command(self, ckpt_path: str) -> str:
         """The `test` command for a checkpoint of this run, with the data settings that differ from the defaults.
@@ -297,6 +428,25 @@ class MNISTLightningCLI(LightningCLI):
         if config.trainer.get("accelerator") not in (None, "auto", defaults.trainer.get("accelerator")):
             args += ["--trainer.accelerator", str(config.trainer.accelerator)]
         return mnist_command(*args)
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    """`err` and the exceptions behind it (its causes and contexts), each once."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        yield current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+
+
+def _without_callbacks_that_need_a_logger(callbacks: list[Any]) -> list[Any]:
+    """`--trainer.logger false`: Lightning's callbacks that refuse a trainer without a logger step aside, each
+    named once, instead of stopping the run."""
+    dropped = sorted({type(c).__name__ for c in callbacks if isinstance(c, NEED_A_LOGGER)})
+    for name in dropped:
+        rank_zero_warn(f"{name} needs a logger: left out of this run (--trainer.logger false).")
+    return [c for c in callbacks if not isinstance(c, NEED_A_LOGGER)]
 
 
 def _user_mistake_in(err: BaseException) -> UserInputError | None:
@@ -345,16 +495,26 @@ class _DropAdverts(logging.Filter):
 
 @contextmanager
 def quiet_console() -> Iterator[None]:
-    """Silence the Lightning messages in QUIET and its cloud tips for one command, not process-wide."""
+    """Silence the Lightning messages in QUIET and its cloud tips for one command, not process-wide; and
+    the traceback of TensorBoard's writer thread on a full disk, which the command itself reports in one
+    line (the writer raises the same error again in the main thread)."""
     lightning_info = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     adverts = _DropAdverts()
     lightning_info.addFilter(adverts)
+    previous_hook = threading.excepthook
+
+    def quiet_on_full_disk(args: threading.ExceptHookArgs) -> None:
+        if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in DISK_FULL):
+            previous_hook(args)
+
+    threading.excepthook = quiet_on_full_disk
     try:
         with warnings.catch_warnings():
             for message in QUIET:
                 warnings.filterwarnings("ignore", message=message)
             yield
     finally:
+        threading.excepthook = previous_hook
         lightning_info.removeFilter(adverts)
 
 

@@ -48,6 +48,20 @@ def split_indices(n: int, val_size: int, seed: int) -> tuple[list[int], list[int
     return order[: n - val_size], order[n - val_size :]
 
 
+def _folders(root: Path) -> set[Path]:
+    """The folders that exist of `root`, its parents and everything under it."""
+    return {p for p in [root, *root.parents] if p.is_dir()} | {Path(d) for d, _, _ in os.walk(root)}
+
+
+def _remove_empty_folders_since(root: Path, existing: set[Path]) -> None:
+    """Remove the empty folders that a failed download created (e.g. `<data_dir>/MNIST/raw`), deepest first."""
+    for folder in sorted(_folders(root) - existing, key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()  # only when empty: never a file that is there
+        except OSError:
+            pass
+
+
 class MNISTDataModule(pl.LightningDataModule):
     """MNIST (or Fashion-MNIST, KMNIST) for training, validation, test and prediction.
 
@@ -170,10 +184,12 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def _download(self, splits: list[bool]) -> None:
         log.info("Downloading %s into %s", self.spec.name, self.data_dir)
+        existing = _folders(self.data_dir)
         try:
             for train in splits:
                 self.spec.torchvision_class(str(self.data_dir), train=train, download=True)
         except Exception as err:  # urllib/HTTP/OS errors: offline clusters are a normal case
+            _remove_empty_folders_since(self.data_dir, existing)  # a mistyped data_dir is left as it was
             files = [f for train in splits for f in self.spec.split_files(train)]
             raise DataFileError(f"{missing_files_message(self.data_dir, self.spec, files)}\n(download failed: {err})") from None
 

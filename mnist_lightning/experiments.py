@@ -6,7 +6,9 @@
 
 A sweep keeps its Optuna study in `lightning_logs/sweeps/<name>/study.db`, or where --storage says (a
 journal file on a shared filesystem, a PostgreSQL server: mnist_lightning/sweep_storage.py): the same
-command started again continues it, and several started together, on one machine or many, share it.
+command started again continues it, and several started together, on one machine or many, share it. The study
+records what its trials share (run configs and fit options, by value, and the metric) and refuses to continue
+with other ones; one batch (fast_dev_run) checks the data and the metric before the first trial.
 docs/experiments.md describes the sweep file, storages, resuming, parallel workers, pruning and best.yaml.
 """
 
@@ -15,8 +17,11 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import logging
 import os
+import re
 import shlex
+import signal
 import socket
 import statistics
 import sys
@@ -41,7 +46,8 @@ from pytorch_lightning.cli import SaveConfigCallback
 from mnist_lightning import refit
 from mnist_lightning.cli import MNISTLightningCLI, quiet_console
 from mnist_lightning.commands import mnist_command
-from mnist_lightning.errors import UserInputError, first_line
+from mnist_lightning.errors import DataFileError, UserInputError, first_line
+from mnist_lightning.model import part_settings
 from mnist_lightning.resume import ResumeCheckpoint, TrainingDiverged, TrainingInterrupted
 from mnist_lightning.sweep_storage import JournalHeartbeat, StorageSpec, heartbeat_of, open_storage, parse_storage
 
@@ -61,6 +67,17 @@ PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
 SPEC_FIELDS = {"float": {"low", "high", "log", "step"}, "int": {"low", "high", "log", "step"}, "categorical": {"choices"}}
 # Each trial runs in this process on one device: a DDP launcher would start this command again per device.
 ONE_DEVICE = ("--trainer.devices", "1")
+# A study's name is also its folder, <logs>/sweeps/<name>: one folder name, never a path.
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+STUDY_NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 100 characters"
+# Fit settings that say where a trial runs and what it shows, not what it trains: the workers of one study may
+# differ in them (each machine its own data folder, device, threads, logs and console). Every other fit setting
+# is part of what a study's trials share (`trial_settings`).
+WORKER_SETTINGS = ("config", "ckpt_path", "torch_threads", "predictions_csv", "allow_untrained",
+                   "data.data_dir", "data.num_workers", "data.eval_batch_size", "data.pipeline", "data.predict_path",
+                   "trainer.accelerator", "trainer.devices", "trainer.logger", "trainer.default_root_dir",
+                   "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps")
+TRIALS_SHARE = "trials_share"  # the study's user attribute that holds trial_settings
 
 
 @contextmanager
@@ -276,6 +293,154 @@ def check_search_space(space: dict[str, BaseDistribution], base_args: Sequence[s
                                      "fit's own options, as in `python -m mnist_lightning fit --help`.") from None
 
 
+class _MetricsAtValidation(pl.Callback):
+    """The names logged by the end of the first validation, where PruneHopelessTrials reads the sweep's metric."""
+
+    def __init__(self) -> None:
+        self.names: list[str] | None = None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and self.names is None:
+            self.names = sorted(trainer.callback_metrics)
+
+
+@contextmanager
+def _lightning_quiet() -> Iterator[None]:
+    """No Lightning info lines or warnings: for the check below, whose fast_dev_run notices are not the user's news."""
+    loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning_fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _metric_not_logged(metric: str, logged: Sequence[str]) -> UserInputError:
+    return UserInputError(f"the sweep's metric {metric!r} is not logged (logged: {', '.join(logged) or 'none'}); "
+                          "fix `metric` in the sweep file.")
+
+
+def check_one_batch(sweep: Sweep, base_args: Sequence[str]) -> None:
+    """Before the first trial: one training and one validation batch (Lightning's fast_dev_run, which writes no run
+    folder, log or checkpoint) at the search space's first point, so that data the data module cannot find or
+    verify, or a `metric` that no trial logs, stops the sweep in seconds, before a trial trains.
+
+    A point where training diverges says nothing about the metric, nor about the other points: the trials judge it.
+    """
+    first = [a for key, d in sweep.search_space.items() for a in (f"--{key}", cli_value(_values_to_check(d)[0]))]
+    seen = _MetricsAtValidation()
+    args = ["fit", *base_args, *first, *ONE_DEVICE, "--trainer.fast_dev_run", "1",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    try:
+        with in_process(), _lightning_quiet():
+            MNISTLightningCLI(args=args, callbacks=[seen])
+    except TrainingDiverged:
+        return
+    except DataFileError as err:  # files missing and not downloadable: the data module lists them, line by line
+        lines = str(err).splitlines()
+        if len(lines) == 1:
+            raise
+        raise DataFileError(f"{lines[0]} Point --data.data_dir at a folder with the official files (`fit` with "
+                            "this --data.data_dir lists them).") from None
+    if seen.names is not None and sweep.metric not in seen.names:
+        raise _metric_not_logged(sweep.metric, seen.names)
+
+
+# ----------------------------------------------------------------------------------------- one study, one training
+def study_name(given: str | None, sweep: Sweep) -> str:
+    """The study's name, `--name` or else the sweep file's: also its folder <logs>/sweeps/<name>, so one safe folder
+    name (`a/../../b` would write outside the sweeps folder)."""
+    name = sweep.path.stem if given is None else given
+    if STUDY_NAME.fullmatch(name):
+        return name
+    if given is None:
+        raise UserInputError(f"the sweep file's name {name!r} cannot name its study (a folder of <logs>/sweeps): pass "
+                             f"--name NAME, of {STUDY_NAME_RULE}.")
+    raise UserInputError(f"--name {given!r}: a study's name is one folder of <logs>/sweeps, of {STUDY_NAME_RULE}.")
+
+
+def _cli_key(key: str) -> str:
+    """A setting's key as the sweep's search space writes it: the model's own `init_args.` left out."""
+    return f"model.{key.removeprefix('model.init_args.')}" if key.startswith("model.init_args.") else key
+
+
+def _plain_key(key: str) -> str:
+    """A key without any `init_args` part, as jsonargparse reads both spellings."""
+    return ".".join(part for part in key.split(".") if part != "init_args")
+
+
+def trial_settings(config: Namespace, sweep: Sweep) -> dict[str, Any]:
+    """What every trial of the study trains with, apart from its sampled parameters: the metric it is judged by and
+    the resolved fit settings of the sweep's run configs and fit options (by value, not by file name), keyed as on
+    the command line, without the searched keys and WORKER_SETTINGS. As JSON values, the way the study keeps them."""
+    searched = {_plain_key(key) for key in sweep.search_space}
+    fit = {}
+    for key, value in part_settings(config.as_dict()).items():
+        key = _cli_key(key)
+        if _plain_key(key) in searched or any(key == w or key.startswith(f"{w}.") for w in WORKER_SETTINGS):
+            continue
+        fit[key] = value
+    return json.loads(json.dumps({"metric": sweep.metric, "fit": fit}, default=str))
+
+
+_UNSET = object()
+
+
+def _shown(value: Any) -> str:
+    return "unset" if value is _UNSET else cli_value(value)
+
+
+def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    found = []
+    if stored.get("metric") != current["metric"]:
+        found.append(f"metric {stored.get('metric')} in the study, {current['metric']} in the sweep file")
+    old, new = stored.get("fit") or {}, current["fit"]
+    for key in sorted(set(old) | set(new)):
+        before, now = old.get(key, _UNSET), new.get(key, _UNSET)
+        if before != now:
+            found.append(f"{key} {_shown(before)} in the study, {_shown(now)} now")
+    return found
+
+
+def check_trials_share(study: optuna.Study, settings: dict[str, Any], storage: StorageSpec) -> None:
+    """Refuse to add trials trained otherwise than the study's (other run configs, fit options or metric): its
+    best trial would then just be the one that trained longest. A new study records `settings` (as a study user
+    attribute, in every storage); so does a study recorded before there was this check."""
+    stored = study.user_attrs.get(TRIALS_SHARE)
+    if stored is None:
+        study.set_user_attr(TRIALS_SHARE, settings)
+        stored = study.user_attrs[TRIALS_SHARE]  # read back: a worker that recorded at the same moment may have won
+    differences = _differences(stored, settings)
+    if differences:
+        more = f" (and {len(differences) - 3} more)" if len(differences) > 3 else ""
+        raise UserInputError(
+            f"the study {study.study_name!r} in {storage.shown} holds trials trained otherwise: {'; '.join(differences[:3])}"
+            f"{more}. Its trials would not compare with these: give the study's settings again, or start a new study "
+            "with --name NEW_NAME.")
+
+
+@contextmanager
+def _folder_for(folder: Path) -> Iterator[None]:
+    """`folder`, created for the block; if the block fails, the folders it created that are still empty go again
+    (a refused sweep leaves no empty <logs>/sweeps/<name>)."""
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for path in created:  # the deepest first
+            try:
+                path.rmdir()
+            except OSError:  # not empty (a study, a run folder) or gone: keep it and everything above
+                break
+        raise
+
+
 # ----------------------------------------------------------------------------------------- Optuna pieces
 class PruneHopelessTrials(pl.Callback):
     """Reports the sweep's metric to the trial after each validation, and stops the fit when Optuna says prune.
@@ -302,10 +467,8 @@ class PruneHopelessTrials(pl.Callback):
         if trainer.sanity_checking:
             return
         value = trainer.callback_metrics.get(self.metric)
-        if value is None:
-            logged = ", ".join(sorted(trainer.callback_metrics)) or "none"
-            raise UserInputError(f"the sweep's metric {self.metric!r} is not logged (logged: {logged}); "
-                                 "fix `metric` in the sweep file.")
+        if value is None:  # check_one_batch has seen it logged: a part that logs it only sometimes
+            raise _metric_not_logged(self.metric, sorted(trainer.callback_metrics))
         self.trial.report(float(value), step=trainer.current_epoch)
         if self.trial.should_prune():
             self.pruned_at = trainer.current_epoch
@@ -379,6 +542,10 @@ def open_study(name: str, spec: StorageSpec, sweep: Sweep, create: bool = True) 
             if attempt == 2:  # (earlier attempts: another worker was creating the same tables)
                 raise UserInputError(f"cannot open the sweep's storage {url}: {first_line(err)}") from None
             time.sleep(1 + attempt)
+        except sqlalchemy.exc.DatabaseError as err:  # e.g. SQLite's "file is not a database": no retry mends it
+            raise UserInputError(f"cannot read the sweep's storage {url} ({first_line(err)}): it is damaged or not an "
+                                 "Optuna study. Move it aside to start the study again, or give another --name (or "
+                                 "--storage).") from None
     if study.direction.name.lower() != sweep.direction:
         raise UserInputError(f"the stored study {name!r} was made to {study.direction.name.lower()}, the sweep file "
                              f"says {sweep.direction}: keep the direction, or start a new study with --name.")
@@ -400,8 +567,30 @@ class _SurplusTrial(Exception):
     """Two workers started a trial at the same moment and the study needed only one more."""
 
 
-class _SweepInterrupted(Exception):
-    """SIGINT/SIGTERM stopped a trial; raised through Optuna so the trial is marked failed at once."""
+class _SweepStopped(BaseException):
+    """Ends the sweep from inside a trial, which it marks failed first: Ctrl+C or SIGTERM (`code`, 128 + the
+    signal), or a user's mistake (`error`) that only a trial could find.
+
+    Not an Exception, as SystemExit is not: Optuna's optimize logs every Exception of a trial with its
+    traceback (and a KeyboardInterrupt too) before raising it again, and lets this through as it is.
+    """
+
+    def __init__(self, code: int = 2, error: UserInputError | None = None) -> None:
+        super().__init__(code)
+        self.code, self.error = code, error
+
+    def fail(self, trial: optuna.Trial) -> _SweepStopped:
+        """Mark the trial failed now (unless another worker already did), instead of after its heartbeat went stale."""
+        trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        return self
+
+
+def _ignore_further_interrupts() -> None:
+    """After the first Ctrl+C: the trial is being marked failed and the sweep is ending; a second must not break that."""
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass
 
 
 def _counts(study: optuna.Study) -> tuple[int, int]:
@@ -420,6 +609,13 @@ class Objective:
     n_trials: int | None
 
     def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            return self.run(trial)
+        except KeyboardInterrupt:  # e.g. while the trial's CLI parses and builds its parts, before the fit's handler
+            _ignore_further_interrupts()
+            raise _SweepStopped(code=130).fail(trial) from None
+
+    def run(self, trial: optuna.Trial) -> float:
         if self.n_trials is not None:  # the count before this trial's number, which the storage assigned
             before = [t for t in trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
                       if t.number < trial.number]
@@ -431,23 +627,31 @@ class Objective:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         pruning = PruneHopelessTrials(trial, self.sweep.metric)
         start = time.perf_counter()
+        stop = None
         try:
             with in_process():
                 cli = MNISTLightningCLI(args=args, callbacks=[pruning])
         except TrainingDiverged as err:
             trial.set_user_attr("diverged", True)
             raise optuna.TrialPruned(f"training diverged: {err}") from None
-        except TrainingInterrupted as err:
-            raise _SweepInterrupted(err.code) from None
+        except TrainingInterrupted as err:  # in the fit: last.ckpt written, the run's resume line printed
+            _ignore_further_interrupts()
+            stop = _SweepStopped(code=err.code if isinstance(err.code, int) else 130)
+        except UserInputError as err:
+            stop = _SweepStopped(error=UserInputError(f"trial {trial.number} (marked failed): {err}"))
         finally:
             trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))
+        if stop is not None:
+            raise stop.fail(trial)
         best = next((c.best_model_path for c in cli.trainer.checkpoint_callbacks if getattr(c, "best_model_path", "")), None)
         trial.set_user_attr("best_checkpoint", best and os.path.abspath(best))
         if pruning.pruned_at is not None:
             raise optuna.TrialPruned(f"{self.sweep.metric} at epoch {pruning.pruned_at} was hopeless")
         value = cli.trainer.callback_metrics.get(self.sweep.metric)
         if value is None:
-            raise UserInputError(f"the trial ran no validation, so it has no {self.sweep.metric}: check the fit options.")
+            raise _SweepStopped(error=UserInputError(
+                f"trial {trial.number} (marked failed) ran no validation, so it has no {self.sweep.metric}: check the "
+                "fit options.")).fail(trial)
         return float(value)
 
 
@@ -619,6 +823,7 @@ def sweep_main(argv: Sequence[str]) -> None:
     if len(args.config) > 1:
         raise UserInputError("sweep takes one sweep file (--config); list its run configs under `configs:` in it.")
     sweep = load_sweep(args.config[0])
+    name = study_name(args.name, sweep)
     n_trials = _positive(args.n_trials, "n_trials", int) or sweep.n_trials
     timeout = _positive(args.timeout, "timeout", float) or sweep.timeout
     if n_trials is None and timeout is None and not args.summary:
@@ -636,7 +841,6 @@ def sweep_main(argv: Sequence[str]) -> None:
     if "ddp" in strategy or str(config.trainer.get("num_nodes")) not in ("1", "None"):
         raise UserInputError(f"a sweep runs each trial in one process on one device; drop trainer.strategy {strategy} "
                              "/ num_nodes (run several workers instead: docs/experiments.md).")
-    name = args.name or sweep.path.stem
     sweep_dir = _logs_root(config) / "sweeps" / name
     storage = parse_storage(args.storage, sweep_dir / "study.db")
     with warnings.catch_warnings():
@@ -645,22 +849,30 @@ def sweep_main(argv: Sequence[str]) -> None:
             if not storage.exists():
                 raise UserInputError(f"no sweep {name!r} here: {storage.shown} does not exist (run the sweep first, "
                                      "or pass its --storage).")
-            sweep_dir.mkdir(parents=True, exist_ok=True)  # for best.yaml, also where no trial ran
-            summarize_sweep(open_study(name, storage, sweep, create=False)[0], sweep_dir, sweep.metric)
+            with _folder_for(sweep_dir):  # for best.yaml, also where no trial ran
+                summarize_sweep(open_study(name, storage, sweep, create=False)[0], sweep_dir, sweep.metric)
             return
         check_search_space(sweep.search_space, base_args)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        study, opened = open_study(name, storage, sweep)
-        heartbeat = heartbeat_of(storage, opened, sweep.heartbeat)
-        print(f"Sweep {name!r}: study {storage.shown}, {sweep.direction} {sweep.metric}, "
-              f"{n_trials if n_trials is not None else 'unlimited'} trials, timeout {timeout or 'none'}.", flush=True)
-        try:
-            run_trials(study, Objective(sweep, base_args, n_trials), n_trials, timeout,
-                       poll_s=min(sweep.heartbeat["interval"], 5), heartbeat=heartbeat)
-        except _SweepInterrupted as err:
-            print("interrupted: the running trial is marked failed; the same command continues the sweep.",
-                  file=sys.stderr)
-            raise SystemExit(err.args[0] if err.args else 130) from None
+        check_one_batch(sweep, base_args)  # the data and the metric, before any folder or study exists
+        with _folder_for(sweep_dir):
+            study, opened = open_study(name, storage, sweep)
+            check_trials_share(study, trial_settings(config, sweep), storage)
+            heartbeat = heartbeat_of(storage, opened, sweep.heartbeat)
+            print(f"Sweep {name!r}: study {storage.shown}, {sweep.direction} {sweep.metric}, "
+                  f"{n_trials if n_trials is not None else 'unlimited'} trials, timeout {timeout or 'none'}.", flush=True)
+            try:
+                run_trials(study, Objective(sweep, base_args, n_trials), n_trials, timeout,
+                           poll_s=min(sweep.heartbeat["interval"], 5), heartbeat=heartbeat)
+            except _SweepStopped as stop:
+                if stop.error is not None:
+                    raise stop.error from None
+                print("interrupted: the running trial is marked failed; the same command continues the sweep.",
+                      file=sys.stderr)
+                raise SystemExit(stop.code) from None
+            except KeyboardInterrupt:  # between trials (counting them, waiting for other workers' trials)
+                _ignore_further_interrupts()
+                print("interrupted between trials; the same command continues the sweep.", file=sys.stderr)
+                raise SystemExit(130) from None
         print()
         summarize_sweep(study, sweep_dir, sweep.metric)
 

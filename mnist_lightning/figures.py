@@ -10,6 +10,8 @@ tab of `tensorboard --logdir lightning_logs`:
 * ``val/confusion_matrix``: torchmetrics' `MulticlassConfusionMatrix` over the whole validation set
   (rows: true class, columns: predicted class).
 
+A `validate` of a checkpoint logs the same three under ``validate/`` at the checkpoint's step.
+
 Cheap by construction: the confusion matrix is updated from the predictions `validation_step`
 returns; probabilities are recomputed only for the mistakes (a few per batch); the figures are drawn
 once per epoch (or every `every_n_epochs`), on rank zero, never during the sanity check. All three
@@ -338,6 +340,7 @@ class ValidationFigures(Callback):
         self._confusion: MulticlassConfusionMatrix | None = None
         self._first: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._mistakes: tuple[torch.Tensor, ...] | None = None  # images, confidences, preds, targets
+        self._checkpoint_step = 0  # the global step of the checkpoint a `validate` evaluates
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         num_classes = int(getattr(pl_module.hparams, "num_classes", 10))
@@ -396,21 +399,32 @@ class ValidationFigures(Callback):
         logger = self._tensorboard(trainer)
         if trainer.is_global_zero and logger is not None:
             classes = self._class_names(trainer, matrix.shape[0])
-            step = trainer.global_step
+            step, prefix = self._where(trainer)
             images, preds, targets = self._first
             figures = {
-                "val/predictions": image_grid(images, preds.tolist(), targets.tolist(), classes, columns=self.columns),
-                "val/confusion_matrix": confusion_figure(matrix, classes),
+                "predictions": image_grid(images, preds.tolist(), targets.tolist(), classes, columns=self.columns),
+                "confusion_matrix": confusion_figure(matrix, classes),
             }
             if self._mistakes is not None:
                 images, confidence, preds, targets = self._mistakes
-                figures["val/confident_mistakes"] = image_grid(
+                figures["confident_mistakes"] = image_grid(
                     images, preds.tolist(), targets.tolist(), classes, probs=confidence.tolist(), columns=self.columns
                 )
             for tag, figure in figures.items():
-                logger.experiment.add_image(tag, render(figure), step, dataformats="HWC")
+                logger.experiment.add_image(f"{prefix}/{tag}", render(figure), step, dataformats="HWC")
         self._first, self._mistakes = None, None
         self.seconds += time.perf_counter() - start
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._checkpoint_step = int(checkpoint.get("global_step") or 0)
+
+    def _where(self, trainer: pl.Trainer) -> tuple[int, str]:
+        """The step and tag prefix of this validation's figures. A `validate` of a checkpoint logs at the
+        checkpoint's step under `validate/`: at step 0 under `val/`, TensorBoard would drop the run's own
+        figures (it keeps, per tag, no point at or after a later event's step)."""
+        if trainer.state.fn == "fit":
+            return trainer.global_step, "val"
+        return (self._checkpoint_step if trainer.ckpt_path else trainer.global_step), "validate"
 
     @staticmethod
     def _class_names(trainer: pl.Trainer, num_classes: int) -> list[str]:

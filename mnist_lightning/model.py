@@ -161,8 +161,9 @@ class MNISTClassifier(pl.LightningModule):
 
     Logged (TensorBoard's x-axis is the optimizer step): `train/loss_step` every
     `log_every_n_steps`; per epoch `train/loss`, `train/acc`, `val/loss`, `val/acc`, `val/acc_best`;
-    after `test`, `test/loss` and `test/acc`. The learning rate comes from Lightning's
-    `LearningRateMonitor` (the default config).
+    after `test`, `test/loss` and `test/acc`; after `validate`, `validate/loss` and `validate/acc`
+    (both at the evaluated checkpoint's step, so a run's curves stay as the fit drew them). The
+    learning rate comes from Lightning's `LearningRateMonitor` (the default config).
 
     Args:
         net: any `nn.Module` from a float batch (N, 1, 28, 28) to logits (N, num_classes); the
@@ -300,16 +301,36 @@ class MNISTClassifier(pl.LightningModule):
             self.val_acc_best.reset()
 
     # ------------------------------------------------------------------------------ evaluation
+    # A `validate` or `test` of a checkpoint usually logs into the checkpoint's own run. Lightning
+    # logs an evaluation outside `fit` at step 0 (the fit loop is not restored), with an `epoch`
+    # scalar, and TensorBoard keeps, per tag, no point at or after a later event's step: the run's
+    # `epoch` and `val/*` curves would collapse to that one point. So outside `fit` the results are
+    # logged at the checkpoint's own step (Lightning takes a logged `step` as the x-axis, and then
+    # adds no `epoch`), under tags the fit never writes: `validate/*` and `test/*`.
+    _checkpoint_step = 0  # the global step of the checkpoint last loaded (on_load_checkpoint)
+
+    def _fitting(self) -> bool:
+        return self.trainer.state.fn == "fit"
+
+    def evaluation_step(self) -> int:
+        """Where an evaluation outside `fit` is logged: the step of the checkpoint it evaluates
+        (`--ckpt_path`), else the trainer's (e.g. `trainer.test(model)` right after `trainer.fit`)."""
+        return self._checkpoint_step if self.trainer.ckpt_path else self.trainer.global_step
+
     def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         loss, preds, y = self.model_step(batch)
         self.val_loss.update(loss, weight=len(y))
         self.val_acc.update(preds, y)
-        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True)
-        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+        stage = "val" if self._fitting() else "validate"
+        self.log(f"{stage}/loss", self.val_loss, on_step=False, on_epoch=True)
+        self.log(f"{stage}/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
         return {"preds": preds}  # for callbacks (mnist_lightning.figures), so they need no second forward pass
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:  # a sanity check is not an epoch and must not set the best
+            return
+        if not self._fitting():  # `validate`: one checkpoint's score, at its step; the best over epochs is the fit's
+            self.log("step", float(self.evaluation_step()))
             return
         self.val_acc_best.update(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute())
@@ -328,12 +349,16 @@ class MNISTClassifier(pl.LightningModule):
         # The tutorial's closing line; self.print writes once (rank 0) and around the progress bar.
         self.print(f"Got {correct} / {total} with accuracy {100 * correct / total:.2f}")
         self.test_count.reset()
+        self.log("step", float(self.evaluation_step()))
         self._log_hparams_with({"hp/test_acc": acc})
 
     def on_fit_start(self) -> None:
         self._log_hparams_with({})
 
     def on_fit_end(self) -> None:
+        started_at = self._checkpoint_step if self.trainer.ckpt_path else 0
+        if self.trainer.global_step == started_at:  # nothing trained (e.g. a finished run resumed): nothing new
+            return
         best = self.val_acc_best.max_value  # state, not compute(): also right after a resume
         if torch.isfinite(best):
             self._log_hparams_with({"hp/val_acc_best": float(best)})
@@ -426,6 +451,7 @@ class MNISTClassifier(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._check_architecture(checkpoint)
         upgrade_training_metric_keys(checkpoint.get("state_dict", {}))  # runs saved before TrainingMeans
+        self._checkpoint_step = int(checkpoint.get("global_step") or 0)  # where an evaluation of it is logged
         # `load_from_checkpoint` rebuilt the parts from their saved configs but passed them in as
         # objects, which __init__ does not keep: keep the configs, so a checkpoint saved again still has them.
         saved = checkpoint.get("hyper_parameters") or {}

@@ -5,7 +5,8 @@
   half-written file where a good checkpoint was, and two processes never share a temporary file;
   loads use `torch.load(weights_only=True)`, so a checkpoint carrying a pickle payload cannot run code.
 * `ResumeCheckpoint`: Lightning's `ModelCheckpoint` writing `last.ckpt` at every epoch end, plus a
-  checkpoint on SIGINT/SIGTERM between batches and a stop on a non-finite loss.
+  checkpoint on SIGINT/SIGTERM between batches, a stop on a non-finite loss, and the epoch saved
+  before an `EarlyStopping` that monitors a metric never logged stops the run.
 """
 
 from __future__ import annotations
@@ -122,6 +123,21 @@ def _pid_alive(tmp: Path) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def unlogged_monitors(trainer: pl.Trainer) -> list[str]:
+    """The metrics that EarlyStopping callbacks monitor but the run has not logged (once it has validated)."""
+    if not trainer.callback_metrics:
+        return []
+    return [c.monitor for c in trainer.early_stopping_callbacks if c.monitor not in trainer.callback_metrics]
+
+
+def _raised_in(err: BaseException, module: str) -> bool:
+    """Whether `err` was raised by code of `module` (its traceback's innermost frame)."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_globals.get("__name__", "") == module
 
 
 class TrainingInterrupted(SystemExit):
@@ -251,6 +267,14 @@ class ResumeCheckpoint(Checkpoint):
     # --------------------------------------------------------------------------- epoch end
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._check_finite(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # EarlyStopping checks its monitor at the epoch end, before this callback's save (Lightning calls
+        # Checkpoint callbacks last), and raises where it was never logged: save the finished epoch first,
+        # so fixing the monitor loses nothing (the CLI says so in one line).
+        if (self._saving_enabled(trainer) and unlogged_monitors(trainer)
+                and _raised_in(exception, "pytorch_lightning.callbacks.early_stopping")):
+            trainer.save_checkpoint(self.path(trainer), weights_only=False)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._check_finite(trainer)

@@ -6,32 +6,124 @@
   so `fit --config <run>/config.yaml --ckpt_path last` resumes into the same folder.
 * `resolve_ckpt_path`: `--ckpt_path last`/`best` found in the config's own run folder.
 * `run_of_checkpoint`: which run a checkpoint belongs to, so evaluation logs into that run.
+* `claim_run_dir_without_logger`: with `--trainer.logger false` the run's folder is the trainer's
+  `default_root_dir`, a `version_N` claimed the same way (not the working folder).
+* `logger_of_run`, `reopen_run`, `keep_csv_rows`: an evaluation of a run's checkpoint logs with the run's
+  own logger into the run's folder, and a CSV run reopened keeps the rows of its `metrics.csv`.
 """
 
 from __future__ import annotations
 
+import importlib
+import shlex
 from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse import Namespace
 from pytorch_lightning.cli import SaveConfigCallback
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_info
 
 from mnist_lightning.errors import UserInputError
 from mnist_lightning.resume import LAST_CHECKPOINT, checkpoint_files
 
 RUN_PREFIX = "version_"
+NO_LOGGER_ROOT = "lightning_logs"  # where runs without a logger get their folders (default_root_dir unset)
+# The loggers that keep a run in `<save_dir>/<name>/version_N/`: the folder the run's checkpoints go to.
+VERSIONED_LOGGERS = (TensorBoardLogger, CSVLogger)
+KEEPS_CSV_ROWS = "mnist_lightning.loggers.AppendingCSVLogger"  # Lightning's CSVLogger, but keeping a reopened run's rows
+NOT_SAVED = object()  # logger_of_run: the folder holds no saved config (a saved logger may be false or null)
 FRESH_START = "Start a new run with the same settings by adding --trainer.logger.init_args.version null."
 
 
+def fresh_start(config: Namespace) -> str:
+    """How to start a new run with the same settings, as a sentence: the option depends on where the runs go."""
+    if not has_no_logger(config):
+        return FRESH_START
+    run_dir = config.trainer.get("default_root_dir")
+    root = Path(run_dir).parent if run_dir else Path(NO_LOGGER_ROOT)
+    return f"Start a new run with the same settings by adding --trainer.default_root_dir {shlex.quote(str(root))}."
+
+
+def has_no_logger(config: Namespace) -> bool:
+    """`--trainer.logger false`: the run's folder is then the trainer's default_root_dir."""
+    return config.get("trainer", Namespace()).get("logger") in (False, [])
+
+
+def run_dir_of_checkpoint(ckpt_path: str) -> Path | None:
+    """The run folder of a checkpoint in `<run>/checkpoints/`, whatever the logger (or none)."""
+    path = Path(ckpt_path)
+    return path.parent.parent if path.parent.name == "checkpoints" else None
+
+
+def claim_run_dir_without_logger(default_root_dir: str | None) -> Path:
+    """A new `version_N` under default_root_dir (`lightning_logs` when unset) for a run without a logger.
+
+    Its checkpoints and configs go there (the trainer's default_root_dir becomes the run's folder, and
+    the saved config records it, so `fit --config <run>/config.yaml --ckpt_path last` resumes into it).
+    A default_root_dir that is itself a run's folder (the saved config of an earlier run) is refused.
+    """
+    root = Path(default_root_dir or NO_LOGGER_ROOT)
+    if (root / "config.yaml").is_file() or checkpoint_files(root / "checkpoints"):
+        raise UserInputError(
+            f"{root} holds an earlier run; nothing was changed. Resume it with --ckpt_path last, or start a new run "
+            f"with the same settings by adding --trainer.default_root_dir {shlex.quote(str(root.parent))}.")
+    return root / f"{RUN_PREFIX}{claim_run_dir(root)}"
+
+
 def logger_namespace(config: Namespace) -> Namespace | None:
-    """The TensorBoardLogger entry of a parsed subcommand config, or None."""
+    """The entry of a parsed subcommand config's logger that keeps the run in a `version_N` folder
+    (a TensorBoardLogger or CSVLogger, or a subclass), or None."""
     logger = config.get("trainer", Namespace()).get("logger")
     if isinstance(logger, list):
         logger = logger[0] if logger else None
-    if isinstance(logger, Namespace) and str(logger.get("class_path", "")).endswith("TensorBoardLogger"):
-        return logger
+    if isinstance(logger, Namespace):
+        cls = _logger_class(str(logger.get("class_path", "")))
+        if isinstance(cls, type) and issubclass(cls, VERSIONED_LOGGERS):
+            return logger
     return None
+
+
+def _logger_class(class_path: str) -> Any:
+    """The class a parsed config's class path names (jsonargparse has imported it already), or None."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def logger_of_run(run_dir: Path) -> Any:
+    """The `trainer.logger` setting the run saved in its config.yaml (class path and init args, or false),
+    or `NOT_SAVED` when the folder holds no saved config of this project."""
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return NOT_SAVED
+    trainer = saved.get("trainer") if isinstance(saved, dict) else None
+    return trainer["logger"] if isinstance(trainer, dict) and "logger" in trainer else NOT_SAVED
+
+
+def reopen_run(logger: Namespace, run_dir: Path) -> None:
+    """Point a versioned logger at an existing run folder (wherever the command runs from)."""
+    number = run_dir.name.removeprefix(RUN_PREFIX)
+    logger.init_args.save_dir = str(run_dir.parent)
+    logger.init_args.name = ""
+    logger.init_args.version = int(number) if run_dir.name.startswith(RUN_PREFIX) and number.isdigit() else run_dir.name
+
+
+def keep_csv_rows(logger: Namespace) -> None:
+    """Lightning's own CSVLogger deletes the metrics.csv of a run it reopens (a resume, or an evaluation
+    added to the run): this project's subclass takes its place then, keeping the rows, and says so."""
+    version = logger.init_args.get("version")
+    if version is None or _logger_class(str(logger.class_path)) is not CSVLogger:
+        return
+    metrics = runs_root(logger) / (version if isinstance(version, str) else f"{RUN_PREFIX}{version}") / "metrics.csv"
+    if metrics.is_file():
+        logger.class_path = KEEPS_CSV_ROWS
+        rank_zero_info(f"Logging with {KEEPS_CSV_ROWS}, which adds to {metrics} (Lightning's CSVLogger would delete "
+                       "its rows).")
 
 
 def runs_root(logger: Namespace) -> Path:
@@ -86,17 +178,21 @@ def resolve_ckpt_path(subcommand: str, config: Namespace) -> str | None:
         return ckpt_path
     logger = logger_namespace(config)
     version = logger.init_args.get("version") if logger is not None else None
-    if version is None:
+    run_dir = config.trainer.get("default_root_dir") if has_no_logger(config) else None  # see claim_run_dir_without_logger
+    if version is None and run_dir is None:
         raise UserInputError(
             f"--ckpt_path {ckpt_path}: nothing to resume or evaluate without the run it belongs to. Pass the run's "
             f"own config (--config lightning_logs/version_N/config.yaml --ckpt_path {ckpt_path}) or a checkpoint file."
         )
-    folder = runs_root(logger) / (version if isinstance(version, str) else f"{RUN_PREFIX}{version}") / "checkpoints"
+    if run_dir is not None:
+        folder = Path(run_dir) / "checkpoints"
+    else:
+        folder = runs_root(logger) / (version if isinstance(version, str) else f"{RUN_PREFIX}{version}") / "checkpoints"
     files = checkpoint_files(folder)
     found = [p for p in files if (p.name == LAST_CHECKPOINT) == (ckpt_path == "last")]
     if not found:
         stopped = " (the run stopped before its first checkpoint)" if not files else ""
-        advice = f" {FRESH_START}" if subcommand == "fit" else ""
+        advice = f" {fresh_start(config)}" if subcommand == "fit" else ""
         raise UserInputError(f"--ckpt_path {ckpt_path}: nothing to {'resume' if subcommand == 'fit' else subcommand}, "
                              f"no {ckpt_path} checkpoint in {folder}{stopped}"
                              f"{': it holds ' + ', '.join(p.name for p in files) if files else ''}.{advice}")
@@ -108,7 +204,7 @@ def refuse_earlier_run(checkpoints: Path, run_dir: Path) -> None:
     if checkpoint_files(checkpoints):
         raise UserInputError(f"{checkpoints} already holds checkpoints of an earlier run; nothing was changed. Resume "
                              f"it with --ckpt_path last, or {FRESH_START[0].lower()}{FRESH_START[1:]}")
-    if run_dir.is_dir() and any(p.name.startswith("events.out") for p in run_dir.iterdir()):
+    if run_dir.is_dir() and any(p.name.startswith("events.out") or p.name == "metrics.csv" for p in run_dir.iterdir()):
         raise UserInputError(f"{run_dir} holds an earlier run that stopped before its first checkpoint: nothing to "
                              f"resume, and nothing was changed. {FRESH_START}")
 
@@ -125,7 +221,7 @@ class RunConfigSaver(SaveConfigCallback):
         stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn
         if self.already_saved or stage == "predict":
             return
-        if isinstance(trainer.logger, TensorBoardLogger):
+        if isinstance(trainer.logger, VERSIONED_LOGGERS):
             logger_config = logger_namespace(self.config)
             if logger_config is not None:
                 logger_config.init_args.version = trainer.logger.version

@@ -35,7 +35,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from mnist_lightning.errors import UserInputError
+from mnist_lightning.errors import UserInputError, first_line
 
 JOURNAL = "journal:"
 POSTGRES_EXTRA = 'pip install -e ".[postgres]"'
@@ -312,9 +312,13 @@ def open_storage(spec: StorageSpec, heartbeat: dict[str, int], mounts: str | Non
             raise UserInputError(f"--storage {spec.shown}: the folder {path.parent} does not exist; create it on "
                                  "the filesystem that every worker shares.")
         try:
-            return JournalStorage(JournalFileBackend(str(path)))
+            return JournalStorage(JournalFileBackend(str(path)))  # replays the whole journal
         except OSError as err:
             raise UserInputError(f"--storage {spec.shown}: cannot open the journal file ({err}).") from None
+        except ValueError as err:  # a record that is not JSON (UTF-8): another file, or damaged
+            raise UserInputError(f"--storage {spec.shown}: the file cannot be read as an Optuna journal "
+                                 f"({first_line(err)}): it is damaged or another file. Move it aside to start the "
+                                 "study again, or give another --storage.") from None
     db = sqlite_path(spec.target)
     if db is not None:
         refuse_network_sqlite(db, read_mounts() if mounts is None else mounts)

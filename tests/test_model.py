@@ -326,7 +326,7 @@ def test_validation_loss_is_the_mean_over_images_not_over_batches(shared_tiny_da
     x, y = dm.val_set.__getitems__(list(range(100)))
     with torch.no_grad():
         expected = torch.nn.functional.cross_entropy(model(x), y)
-    assert metrics["val/loss"] == pytest.approx(float(expected), rel=1e-5)
+    assert metrics["validate/loss"] == pytest.approx(float(expected), rel=1e-5)  # validate logs under validate/
 
 
 # ------------------------------------------------------------------ schedules

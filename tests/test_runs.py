@@ -236,7 +236,7 @@ def test_validate_reproduces_fits_val_acc_with_a_non_default_split(shared_tiny_d
     result = run_cli("validate", "--ckpt_path", str(_last(run_dir)), "--data.data_dir", str(tiny_data),
                      "--data.verify", "false", "--trainer.enable_progress_bar", "false", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    validated = float(re.search(r"val/acc\s+([0-9.]+)", result.stdout).group(1))
+    validated = float(re.search(r"validate/acc\s+([0-9.]+)", result.stdout).group(1))
     assert validated == pytest.approx(fit_acc, abs=1e-6)
     for option, value in (("--data.split_seed", "42"), ("--data.normalize", "true")):
         refused = run_cli("validate", "--ckpt_path", str(_last(run_dir)), "--data.data_dir", str(tiny_data),

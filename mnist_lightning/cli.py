@@ -119,9 +119,12 @@ class MNISTLightningCLI(LightningCLI):
 
     Args:
         callbacks: extra callbacks for this run's Trainer (e.g. a sweep's pruning callback).
+        resume_hint: print how to resume after Ctrl+C / SIGTERM (off for a sweep's trials: the
+            sweep command itself is what continues them).
     """
 
-    def __init__(self, args: list[str] | None = None, run: bool = True, callbacks: list[Any] | None = None) -> None:
+    def __init__(self, args: list[str] | None = None, run: bool = True, callbacks: list[Any] | None = None,
+                 resume_hint: bool = True) -> None:
         self.checkpoint: dict[str, Any] | None = None
         self.parsed: Namespace | None = None  # the config as given, before the checkpoint's hyperparameters
         self.claimed_run_dir: Path | None = None  # the new run folder this command created, if any
@@ -133,7 +136,7 @@ class MNISTLightningCLI(LightningCLI):
                 auto_configure_optimizers=False,
                 save_config_callback=RunConfigSaver,
                 parser_kwargs={sub: {"default_config_files": [str(DEFAULT_CONFIG)]} for sub in LIGHTNING_SUBCOMMANDS},
-                trainer_defaults={"callbacks": [ResumeCheckpoint(), *(callbacks or [])]},
+                trainer_defaults={"callbacks": [ResumeCheckpoint(resume_hint=resume_hint), *(callbacks or [])]},
                 args=args,
                 run=run,
             )

@@ -630,7 +630,7 @@ class Objective:
         stop = None
         try:
             with in_process():
-                cli = MNISTLightningCLI(args=args, callbacks=[pruning])
+                cli = MNISTLightningCLI(args=args, callbacks=[pruning], resume_hint=False)  # the sweep says how to go on
         except TrainingDiverged as err:
             trial.set_user_attr("diverged", True)
             raise optuna.TrialPruned(f"training diverged: {err}") from None

@@ -174,7 +174,8 @@ class ResumeCheckpoint(Checkpoint):
       one or ModelCheckpoint's) ever holds the broken weights: the last good one stays.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, resume_hint: bool = True) -> None:
+        self.resume_hint = resume_hint  # print the "Resume with:" line on a signal
         self._received: int | None = None
         self._previous_handlers: dict[int, Any] = {}
         self._all_finite: torch.Tensor | None = None
@@ -254,7 +255,7 @@ class ResumeCheckpoint(Checkpoint):
     def _stop(self, trainer: pl.Trainer, when: str) -> None:
         self._stopping = True
         signum = self._received or signal.SIGTERM
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and self.resume_hint:
             config = Path(trainer.log_dir or ".") / "config.yaml"
             print(
                 f"{signal.Signals(signum).name} received {when} {self.path(trainer)}. "

@@ -141,7 +141,8 @@ def test_shipped_sweep_files_search_options_that_fit_accepts() -> None:
         values = by_configs.setdefault(tuple(sweep.configs), {})
         for key, space in sweep.search_space.items():
             values[key] = space.choices[0] if isinstance(space, CategoricalDistribution) else space.low
-    assert len(by_configs) == 2  # configs/seed.yaml (tutorial.yaml) and configs/mlp_best.yaml (the others)
+    # configs/seed.yaml (tutorial.yaml), configs/mlp_best.yaml (mlp*.yaml) and mlp_best + mlp_augment (mlp_augment.yaml)
+    assert len(by_configs) == 3
     for configs, values in by_configs.items():
         args = [a for config in configs for a in ("--config", str(config))]
         parse_fit([*args, *(a for key, value in values.items() for a in (f"--{key}", cli_value(value)))])

@@ -240,6 +240,8 @@ def test_ctrl_c_mid_trial_is_one_line_and_fails_the_trial(shared_tiny_data: Path
     code, output = ctrl_c_in_trial(shared_tiny_data, tmp_path, "batch")
     assert code == 130, output[-3000:]
     assert "Traceback" not in output and "_SweepInterrupted" not in output, output[-3000:]
+    # A trial's own "Resume with: ... fit" would continue its run outside the study: the sweep says how to go on.
+    assert "Resume with:" not in output, output[-3000:]
     assert output.rstrip().splitlines()[-1].startswith("interrupted: "), output[-3000:]
     assert [t.state.name for t in study_of(tmp_path).trials] == ["FAIL"]
 

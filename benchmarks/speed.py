@@ -179,14 +179,14 @@ def main() -> None:
 
     print(f"\n{started:%Y-%m-%d %H:%M %Z}: medians of {args.repeats} alternating runs; 3 epochs, batch 64, Adam 1e-3, "
           f"seed 42; torch threads {args.threads} for bare/project, torch's default for the tutorial.\n")
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
+    print(f"load average at the end: {load}\n")
     print("| run | s/epoch (CPU s) | whole process s (CPU s) | peak RSS MiB | val acc | test acc |")
     print("|---|---|---|---|---|---|")
     def seconds(name: str, key: str, digits: int = 3) -> str:
         value = median(name, key)
         return "-" if value is None else f"{value:.{digits}f}"
 
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
-    print(f"load average at the end: {load}\n")
     for name in names:
         print(f"| {name}: {LABELS[name]} | {seconds(name, 'epoch')} ({seconds(name, 'epoch_cpu')}) | "
               f"{median(name, 'wall'):.1f} ({median(name, 'wall_cpu'):.1f}) | {median(name, 'rss'):.0f} | "

@@ -126,6 +126,34 @@ def _draw(image: Image.Image, layout: Layout, f: ImageFont.ImageFont | ImageFont
         image.paste(t.fill, t.box, mask.rotate(90, expand=True))
 
 
+def _cells_layout(n: int, height: int, width: int, labels: Sequence[Sequence[tuple[str, Any]]], lines: int, legend: str,
+                  widest: Sequence[str], columns: int, zoom: int, frame: int,
+                  f: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> tuple[Layout, list[tuple[int, int]]]:
+    """A legend line, then `n` cells `columns` wide: each cell's `lines` label lines (text, fill) centred above its
+    image. Cells are as wide as the widest of `widest` (and the image), so no label is cut; each image's
+    region reaches `frame` px beyond the tile (a frame drawn around it is part of it)."""
+    columns = max(1, min(columns, n))
+    rows = max(1, math.ceil(n / columns))
+    line, pad = _line_height(f) + 2, 6
+    text_width = max(f.getlength(text) for text in widest)
+    cell_w = int(math.ceil(max(width * zoom, text_width))) + 2 * pad
+    cell_h = pad + lines * line + 4 + height * zoom + pad
+    header = pad + line + pad
+    size = (max(columns * cell_w, int(math.ceil(f.getlength(legend))) + 2 * pad), header + rows * cell_h)
+    layout = Layout(size)
+    layout.texts.append(_text(f, legend, (size[0] // 2, pad), "ma"))
+    tiles = []
+    for i in range(n):
+        left, top = (i % columns) * cell_w, header + (i // columns) * cell_h
+        for k, (text, fill) in enumerate(labels[i]):
+            layout.texts.append(_text(f, text, (left + cell_w // 2, top + pad + k * line), "ma", fill))
+        tile = (left + (cell_w - width * zoom) // 2, top + pad + lines * line + 4)
+        tiles.append(tile)
+        layout.regions.append((tile[0] - frame, tile[1] - frame, tile[0] + width * zoom + frame,
+                               tile[1] + height * zoom + frame))
+    return layout, tiles
+
+
 def grid_layout(n: int, height: int, width: int, preds: Sequence[int], targets: Sequence[int], classes: Sequence[str],
                 probs: Sequence[float] | None = None, columns: int = 8, zoom: int = 2,
                 f: ImageFont.ImageFont | ImageFont.FreeTypeFont | None = None) -> tuple[Layout, list[tuple[int, int]]]:
@@ -134,38 +162,19 @@ def grid_layout(n: int, height: int, width: int, preds: Sequence[int], targets: 
     Each cell holds the predicted class, the true class (and the probability) on lines of their own
     above the image, centred; cells are as wide as the longest class name, so nothing is cut.
     """
-    f = f or font()
-    columns = max(1, min(columns, n))
-    rows = max(1, math.ceil(n / columns))
-    line = _line_height(f) + 2
-    pad = 6
-    lines = 2 + (probs is not None)
     names = [_name(c) for c in classes]
-    text_width = max([f.getlength(name) for name in names] + [f.getlength("100%")])
-    cell_w = int(math.ceil(max(width * zoom, text_width))) + 2 * pad
-    cell_h = pad + lines * line + 4 + height * zoom + pad
     legend = ("above each image: predicted class, true class" + (", probability" if probs is not None else "")
               + "; mistakes in red")
-    header = pad + line + pad
-    size = (max(columns * cell_w, int(math.ceil(f.getlength(legend))) + 2 * pad), header + rows * cell_h)
-    layout = Layout(size)
-    layout.texts.append(_text(f, legend, (size[0] // 2, pad), "ma"))
-    tiles = []
+    labels = []
     for i in range(n):
-        left, top = (i % columns) * cell_w, header + (i // columns) * cell_h
-        centre = left + cell_w // 2
-        wrong = preds[i] != targets[i]
-        colour = MISTAKE_COLOUR if wrong else "black"
-        labels = [(names[preds[i]], colour), (names[targets[i]], (90, 90, 90))]
+        colour = MISTAKE_COLOUR if preds[i] != targets[i] else "black"
+        cell = [(names[preds[i]], colour), (names[targets[i]], (90, 90, 90))]
         if probs is not None:
-            labels.append((f"{probs[i]:.0%}", colour))
-        for k, (text, fill) in enumerate(labels):
-            layout.texts.append(_text(f, text, (centre, top + pad + k * line), "ma", fill))
-        tile = (left + (cell_w - width * zoom) // 2, top + pad + lines * line + 4)
-        tiles.append(tile)
-        # The red frame (drawn 2 px outside the tile) is part of the tile's region.
-        layout.regions.append((tile[0] - 3, tile[1] - 3, tile[0] + width * zoom + 3, tile[1] + height * zoom + 3))
-    return layout, tiles
+            cell.append((f"{probs[i]:.0%}", colour))
+        labels.append(cell)
+    # The red frame (drawn 2 px outside the tile) is part of the tile's region.
+    lines = 2 + (probs is not None)
+    return _cells_layout(n, height, width, labels, lines, legend, [*names, "100%"], columns, zoom, 3, f or font())
 
 
 def image_grid(images: torch.Tensor, preds: Sequence[int], targets: Sequence[int], classes: Sequence[str],
@@ -195,25 +204,9 @@ def sample_layout(n: int, height: int, width: int, labels: Sequence[int], classe
                   columns: int = 8, zoom: int = 2,
                   f: ImageFont.ImageFont | ImageFont.FreeTypeFont | None = None) -> tuple[Layout, list[tuple[int, int]]]:
     """The layout of `sample_grid`: a legend, then each image under its class name, cells as wide as the longest."""
-    f = f or font()
-    columns = max(1, min(columns, n))
-    rows = max(1, math.ceil(n / columns))
-    line, pad = _line_height(f) + 2, 6
     names = [_name(c) for c in classes]
-    cell_w = int(math.ceil(max(width * zoom, max(f.getlength(name) for name in names)))) + 2 * pad
-    cell_h = pad + line + 4 + height * zoom + pad
-    header = pad + line + pad
-    size = (max(columns * cell_w, int(math.ceil(f.getlength(legend))) + 2 * pad), header + rows * cell_h)
-    layout = Layout(size)
-    layout.texts.append(_text(f, legend, (size[0] // 2, pad), "ma"))
-    tiles = []
-    for i in range(n):
-        left, top = (i % columns) * cell_w, header + (i // columns) * cell_h
-        layout.texts.append(_text(f, names[labels[i]], (left + cell_w // 2, top + pad), "ma"))
-        tile = (left + (cell_w - width * zoom) // 2, top + pad + line + 4)
-        tiles.append(tile)
-        layout.regions.append((tile[0], tile[1], tile[0] + width * zoom, tile[1] + height * zoom))
-    return layout, tiles
+    cells = [[(names[labels[i]], "black")] for i in range(n)]
+    return _cells_layout(n, height, width, cells, 1, legend, names, columns, zoom, 0, f or font())
 
 
 def _shown(images: torch.Tensor) -> torch.Tensor:

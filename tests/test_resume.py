@@ -57,13 +57,18 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_idx_dataset(tmp_path_factory.mktemp("resume") / "data", n_train=1000, n_test=200)
 
 
+def _reference_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory, name: str, args: tuple[str, ...]) -> Path:
+    """`fit ARGS` from start to end, in this process: the run an interrupted one must end equal to."""
+    workdir = tmp_path_factory.mktemp(name)
+    result = run_cli("fit", "--data.data_dir", str(data_dir), *args, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    return workdir / "lightning_logs" / "version_0"
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reference: one run from start to end (READ-ONLY: tests that resume into it copy it)."""
-    workdir = tmp_path_factory.mktemp("reference")
-    result = run_cli("fit", "--data.data_dir", str(data_dir), *RUN_ARGS, cwd=workdir)
-    assert result.returncode == 0, result.stderr
-    return workdir / "lightning_logs" / "version_0"
+    return _reference_run(data_dir, tmp_path_factory, "reference", RUN_ARGS)
 
 
 @pytest.fixture(scope="module")
@@ -186,10 +191,7 @@ AUGMENT_ARGS = (*RUN_ARGS, "--trainer.max_epochs", "2", "--data.augment", "mnist
 @pytest.fixture(scope="module")
 def augmented_uninterrupted(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reference of the augmentation tests: augmented from start to end (READ-ONLY)."""
-    workdir = tmp_path_factory.mktemp("augmented_reference")
-    result = run_cli("fit", "--data.data_dir", str(data_dir), *AUGMENT_ARGS, cwd=workdir)
-    assert result.returncode == 0, result.stderr
-    return workdir / "lightning_logs" / "version_0"
+    return _reference_run(data_dir, tmp_path_factory, "augmented_reference", AUGMENT_ARGS)
 
 
 @pytest.mark.slow

@@ -105,12 +105,17 @@ def logger_of_run(run_dir: Path) -> Any:
     return trainer["logger"] if isinstance(trainer, dict) and "logger" in trainer else NOT_SAVED
 
 
+def version_of(run_dir: Path) -> int | str:
+    """A logger's `version` for a run folder: N for `version_N`, else the folder's own name."""
+    number = run_dir.name.removeprefix(RUN_PREFIX)
+    return int(number) if run_dir.name.startswith(RUN_PREFIX) and number.isdigit() else run_dir.name
+
+
 def reopen_run(logger: Namespace, run_dir: Path) -> None:
     """Point a versioned logger at an existing run folder (wherever the command runs from)."""
-    number = run_dir.name.removeprefix(RUN_PREFIX)
     logger.init_args.save_dir = str(run_dir.parent)
     logger.init_args.name = ""
-    logger.init_args.version = int(number) if run_dir.name.startswith(RUN_PREFIX) and number.isdigit() else run_dir.name
+    logger.init_args.version = version_of(run_dir)
 
 
 def keep_csv_rows(logger: Namespace) -> None:
@@ -135,11 +140,9 @@ def run_of_checkpoint(ckpt_path: str, logger: Namespace | None) -> int | str | N
     """The run's version when the checkpoint lies in `<logs>/version_N/checkpoints/` of this config's logger."""
     if logger is None:
         return None
-    path = Path(ckpt_path).resolve()
-    if path.parent.name == "checkpoints" and path.parent.parent.parent == runs_root(logger).resolve():
-        name = path.parent.parent.name
-        number = name.removeprefix(RUN_PREFIX)
-        return int(number) if name.startswith(RUN_PREFIX) and number.isdigit() else name
+    run_dir = run_dir_of_checkpoint(str(Path(ckpt_path).resolve()))
+    if run_dir is not None and run_dir.parent == runs_root(logger).resolve():
+        return version_of(run_dir)
     return None
 
 

@@ -2,42 +2,34 @@
 NVML fix applied by `python -m mnist_lightning` only, where it changes no answer, and the line between
 a user's mistake (one line, exit code 2) and a bug (its traceback).
 
-The first three are about the process (its environment, its imports, its exit), so they start one;
-the mistake/bug split is main()'s, tested in this process with `run_cli`."""
+The first three are about the process (its environment, its imports, its exit), so they share one
+fresh interpreter; the mistake/bug split is main()'s, tested in this process with `run_cli`."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from conftest import PROJECT_ROOT, TINY_ARGS, run_cli
 
 
-def _python(code: str) -> dict:
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                            env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": "/usr/bin:/bin"})
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def test_importing_the_package_changes_no_global_state_beyond_lightnings_own():
-    state = _python(
-        "import json, os, warnings\n"
-        "import pytorch_lightning, torch\n"
-        "def snapshot(): return {'env': dict(os.environ), 'filters': [repr(f) for f in warnings.filters],"
-        " 'threads': torch.get_num_threads()}\n"
-        "before = snapshot()\n"
-        "import mnist_lightning, mnist_lightning.fast, mnist_lightning.figures, mnist_lightning.predict\n"
-        "print(json.dumps({'same': before == snapshot()}))\n"
-    )
-    assert state["same"]
-
-
-NVML_PROBE = (
-    "import ctypes, json, os\n"
+# One fresh interpreter serves the three process tests below (a start costs 5-9 s of CPU): in this order it
+# snapshots the global state around importing the package, counts the NVML loads of Adam steps before and
+# after the fix, then runs a command with an atexit handler registered. Each test reads its own part.
+FRESH_INTERPRETER = (
+    "import atexit, ctypes, json, os, sys, warnings\n"
     "import pytorch_lightning, torch\n"
+    # 1. importing the package changes no global state
+    "def snapshot(): return {'env': dict(os.environ), 'filters': [repr(f) for f in warnings.filters],"
+    " 'threads': torch.get_num_threads()}\n"
+    "before = snapshot()\n"
+    "import mnist_lightning, mnist_lightning.fast, mnist_lightning.figures, mnist_lightning.predict\n"
+    "same = before == snapshot()\n"
+    # 2. the NVML fix: failed library loads per Adam step, before and after it
     "loads = []\n"
     "real = ctypes.CDLL\n"
     "class Counting(real):\n"
@@ -53,17 +45,51 @@ NVML_PROBE = (
     "    real('libnvidia-ml.so.1'); loadable = True\n"
     "except OSError:\n"
     "    loadable = False\n"
-    "before = step_loads()\n"
+    "nvml_before = step_loads()\n"
     "from mnist_lightning.__main__ import skip_failing_nvml_check\n"
     "skip_failing_nvml_check()\n"
-    "after = step_loads()\n"
-    "print(json.dumps({'loadable': loadable, 'flag': os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK'),"
-    " 'before': before, 'after': after}))\n"
+    "nvml_after = step_loads()\n"
+    "ctypes.CDLL = real\n"
+    "with open(sys.argv[1], 'w') as f:\n"
+    "    json.dump({'same': same, 'nvml': {'loadable': loadable, 'flag': os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK'),"
+    " 'before': nvml_before, 'after': nvml_after}}, f)\n"
+    # 3. a command ends with a plain interpreter exit: the atexit handler runs
+    "marker = sys.argv[2]\n"
+    "atexit.register(lambda: open(marker, 'w').write('yes'))\n"
+    "from mnist_lightning.__main__ import run\n"
+    "sys.argv = ['mnist_lightning', *sys.argv[3:]]\n"
+    "run()\n"
 )
 
 
-def test_the_nvml_fix_removes_the_failed_library_loads_of_every_adam_step_and_keeps_the_answer():
-    state = _python(NVML_PROBE)
+@dataclass(frozen=True)
+class FreshInterpreter:
+    state: dict
+    returncode: int
+    stderr: str
+    atexit_marker: Path
+
+
+@pytest.fixture(scope="module")
+def fresh_interpreter(shared_tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> FreshInterpreter:
+    """FRESH_INTERPRETER run once, with a 1-epoch fit on the tiny data as its command. A real process: the
+    interpreter's environment, imports and exit are the subject."""
+    folder = tmp_path_factory.mktemp("fresh_interpreter")
+    state, marker = folder / "state.json", folder / "atexit-ran"
+    fit = ["fit", "--data.data_dir", str(shared_tiny_data), *TINY_ARGS, "--trainer.max_epochs", "1"]
+    result = subprocess.run([sys.executable, "-c", FRESH_INTERPRETER, str(state), str(marker), *fit], cwd=folder,
+                            capture_output=True, text=True, timeout=300,
+                            env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": "/usr/bin:/bin"})
+    assert state.is_file(), result.stderr  # the probes ran to the end
+    return FreshInterpreter(json.loads(state.read_text()), result.returncode, result.stderr, marker)
+
+
+def test_importing_the_package_changes_no_global_state_beyond_lightnings_own(fresh_interpreter):
+    assert fresh_interpreter.state["same"]
+
+
+def test_the_nvml_fix_removes_the_failed_library_loads_of_every_adam_step_and_keeps_the_answer(fresh_interpreter):
+    state = fresh_interpreter.state["nvml"]
     if state["loadable"]:
         assert state["flag"] == "1" and state["after"] == state["before"]  # a machine with the driver: untouched
         pytest.skip("NVIDIA's management library loads here: the fix rightly does nothing")
@@ -74,22 +100,10 @@ def test_the_nvml_fix_removes_the_failed_library_loads_of_every_adam_step_and_ke
     assert cuda_after == cuda_before  # the same answer to "is CUDA available?"
 
 
-def test_a_command_ends_with_a_plain_interpreter_exit(shared_tiny_data, tmp_path):
-    """atexit handlers of the interpreter run after a command: nothing ends the process by hand.
-    A real process: its exit is the subject."""
-    marker = tmp_path / "atexit-ran"
-    code = (
-        "import atexit, sys\n"
-        f"atexit.register(lambda: open({str(marker)!r}, 'w').write('yes'))\n"
-        "from mnist_lightning.__main__ import run\n"
-        f"sys.argv = ['mnist_lightning', 'fit', '--data.data_dir', {str(shared_tiny_data)!r}, "
-        + ", ".join(repr(a) for a in TINY_ARGS) + ", '--trainer.max_epochs', '1']\n"
-        "run()\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                            env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": "/usr/bin:/bin"})
-    assert result.returncode == 0, result.stderr
-    assert marker.read_text() == "yes"
+def test_a_command_ends_with_a_plain_interpreter_exit(fresh_interpreter):
+    """atexit handlers of the interpreter run after a command: nothing ends the process by hand."""
+    assert fresh_interpreter.returncode == 0, fresh_interpreter.stderr
+    assert fresh_interpreter.atexit_marker.read_text() == "yes"
 
 
 # What Lightning logs on stderr as a run starts, before any mistake can show: not part of the message.

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT_ROOT, TINY_ARGS, run_cli
 
-
 # One fresh interpreter serves the three process tests below (a start costs 5-9 s of CPU): in this order it
 # snapshots the global state around importing the package, counts the NVML loads of Adam steps before and
 # after the fix, then runs a command with an atexit handler registered. Each test reads its own part.

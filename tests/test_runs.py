@@ -14,12 +14,13 @@ import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import PROJECT_ROOT, TINY_ARGS, CliResult, hparams_row, run_cli, run_process
+from conftest import PROJECT_ROOT, TINY_ARGS, CliResult, built_once, hparams_row, run_cli, run_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -46,22 +47,60 @@ def _last(run_dir: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------ one folder per run (14.2)
+# Two `fit` processes started together, in one folder: the default config on a real console, and the best
+# recipe's settings (bf16 precision, deskewing). Shared by the race for a run folder (between processes)
+# and the two console tests (warnings reach a real console once each, where in this process pytest records
+# them): one pair of process starts (5-9 s of CPU each) instead of four. Tests only read it.
+CONSOLE_FIT = ("--data.verify", "false", "--data.val_size", "100")
+TOGETHER = {
+    "default": ("--trainer.max_epochs", "2", "--model.optimizer.init_args.lr", "0.001"),
+    "best": ("--trainer.max_epochs", "1", "--trainer.precision", "bf16-mixed", "--data.deskew", "true",
+             "--model.optimizer.init_args.lr", "0.002"),
+}
+
+
+@dataclass(frozen=True)
+class FitsStartedTogether:
+    workdir: Path
+    returncodes: dict[str, int]
+    consoles: dict[str, str]  # stdout + stderr of each
+
+    def run_dir(self, name: str) -> Path:
+        """The run folder that `name`'s fit claimed (which of the two is the race's outcome)."""
+        lr = float(TOGETHER[name][-1])
+        (run_dir,) = [d for d in (self.workdir / "lightning_logs").iterdir()
+                      if yaml.safe_load((d / "config.yaml").read_text())["model"]["init_args"]["optimizer"]["init_args"]["lr"] == lr]
+        return run_dir
+
+
+@pytest.fixture(scope="session")
+def fits_started_together(shared_tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> FitsStartedTogether:
+    def build(workdir: Path) -> None:
+        env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+        base = [sys.executable, "-m", "mnist_lightning", "fit", "--data.data_dir", str(shared_tiny_data), *CONSOLE_FIT]
+        runs = {name: subprocess.Popen([*base, *args], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True) for name, args in TOGETHER.items()}
+        for name, run in runs.items():
+            out, err = run.communicate(timeout=300)
+            (workdir / f"{name}.console").write_text(out + err)
+            (workdir / f"{name}.returncode").write_text(str(run.returncode))
+
+    workdir = built_once(tmp_path_factory, "fits-started-together", build)
+    return FitsStartedTogether(workdir, {n: int((workdir / f"{n}.returncode").read_text()) for n in TOGETHER},
+                               {n: (workdir / f"{n}.console").read_text() for n in TOGETHER})
+
+
 @pytest.mark.slow
-def test_two_runs_started_together_get_two_consistent_folders(shared_tiny_data, tmp_path):
+def test_two_runs_started_together_get_two_consistent_folders(fits_started_together):
     """Two real processes: the race for a run folder is between processes."""
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    args = [sys.executable, "-m", "mnist_lightning", "fit", "--data.data_dir", str(shared_tiny_data), *TINY_ARGS,
-            "--trainer.max_epochs", "2"]
-    runs = [subprocess.Popen([*args, "--model.optimizer.init_args.lr", lr], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for lr in ("0.001", "0.002")]
-    for run in runs:
-        _, err = run.communicate(timeout=300)
-        assert run.returncode == 0, err
-    folders = sorted(p.name for p in (tmp_path / "lightning_logs").iterdir())
+    for name, code in fits_started_together.returncodes.items():
+        assert code == 0, fits_started_together.consoles[name][-3000:]
+    logs = fits_started_together.workdir / "lightning_logs"
+    folders = sorted(p.name for p in logs.iterdir())
     assert folders == ["version_0", "version_1"]
     lrs = set()
     for name in folders:
-        run_dir = tmp_path / "lightning_logs" / name
+        run_dir = logs / name
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
         assert config["trainer"]["logger"]["init_args"]["version"] == int(name.removeprefix("version_"))
         assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith("config")) == ["config.yaml"]
@@ -153,32 +192,27 @@ def test_predicting_your_own_images_needs_no_dataset_on_disk(trained_run, tmp_pa
     assert list(empty.iterdir()) == []  # nothing downloaded, no log folder
 
 
-def test_the_console_of_fit_shows_progress_and_results_only(shared_tiny_data, tmp_path):
-    """Real processes: warnings reach a real console once each, where in this process pytest records them
-    (and an earlier test may already have shown them)."""
-    tiny_data = shared_tiny_data
-    fit = run_process("fit", "--data.data_dir", str(tiny_data), "--data.verify", "false", "--data.val_size", "100",
-                      "--trainer.max_epochs", "2", cwd=tmp_path)
-    assert fit.returncode == 0, fit.stderr
-    console = fit.stdout + fit.stderr
+def test_the_console_of_fit_shows_progress_and_results_only(fits_started_together, shared_tiny_data, tmp_path):
+    """Real processes (the default fit of `fits_started_together`, then a predict): warnings reach a real
+    console once each, where in this process pytest records them (and an earlier test may already have shown them)."""
+    assert fits_started_together.returncodes["default"] == 0, fits_started_together.consoles["default"][-3000:]
+    console = fits_started_together.consoles["default"]
     for noise in ("weights_only", "Tip:", "litlogger", "LeafSpec", "Warning", "warn"):
         assert noise not in console, noise
     assert "Epoch 1" in console and "Best checkpoint" in console and "Test it with" in console
-    ckpt = str(_last(tmp_path / "lightning_logs" / "version_0"))
-    predict = run_process("predict", "--ckpt_path", ckpt, "--data.data_dir", str(tiny_data), "--data.verify", "false",
-                          cwd=tmp_path)
+    run_dir = fits_started_together.run_dir("default")
+    shutil.copytree(run_dir, tmp_path / "lightning_logs" / run_dir.name)  # predict reads it here, the shared one stays as it was
+    predict = run_process("predict", "--ckpt_path", str(_last(tmp_path / "lightning_logs" / run_dir.name)),
+                          "--data.data_dir", str(shared_tiny_data), "--data.verify", "false", cwd=tmp_path)
     assert predict.returncode == 0, predict.stderr
     assert "dirpath has changed" not in predict.stdout + predict.stderr and "Warning" not in predict.stderr
 
 
-def test_the_best_recipes_settings_keep_the_console_quiet(shared_tiny_data, tmp_path):
+def test_the_best_recipes_settings_keep_the_console_quiet(fits_started_together):
     """configs/mlp_best.yaml's bf16 precision and deskewing add no warnings to what fit prints.
-    A real process, for the reason above."""
-    fit = run_process("fit", "--data.data_dir", str(shared_tiny_data), "--data.verify", "false", "--data.val_size", "100",
-                      "--trainer.max_epochs", "1", "--trainer.precision", "bf16-mixed", "--data.deskew", "true",
-                      cwd=tmp_path)
-    assert fit.returncode == 0, fit.stderr
-    console = fit.stdout + fit.stderr
+    A real process (the "best" fit of `fits_started_together`), for the reason above."""
+    assert fits_started_together.returncodes["best"] == 0, fits_started_together.consoles["best"][-3000:]
+    console = fits_started_together.consoles["best"]
     for noise in ("Warning", "warn", "not supported"):
         assert noise not in console, noise
     assert "Best checkpoint" in console

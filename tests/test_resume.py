@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_ARGS, run_cli, run_process, write_idx_dataset
+from conftest import TINY_ARGS, built_once, run_cli, run_process, write_idx_dataset
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnist_lightning import MNISTClassifier
@@ -52,40 +52,43 @@ CNN_ARGS = (*TINY_ARGS, "--trainer.max_epochs", "2", "--model.net", "my_nets.Sma
             "--model.lr_scheduler", "mnist_lightning.schedules.OneCycle", "--torch_threads", "1")
 
 
-@pytest.fixture(scope="module")
+# The data and the uninterrupted references are built once for the whole run (`built_once`), whichever
+# pytest-xdist worker asks first: the tests of one reference often land on both workers.
+@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_idx_dataset(tmp_path_factory.mktemp("resume") / "data", n_train=1000, n_test=200)
+    def build(folder: Path) -> None:
+        write_idx_dataset(folder / "data", n_train=1000, n_test=200)
+
+    return built_once(tmp_path_factory, "resume-data", build) / "data"
 
 
-def _reference_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory, name: str, args: tuple[str, ...]) -> Path:
+def _reference_run(tmp_path_factory: pytest.TempPathFactory, name: str, args: tuple[str, ...],
+                   env: dict[str, str] | None = None) -> Path:
     """`fit ARGS` from start to end, in this process: the run an interrupted one must end equal to."""
-    workdir = tmp_path_factory.mktemp(name)
-    result = run_cli("fit", "--data.data_dir", str(data_dir), *args, cwd=workdir)
-    assert result.returncode == 0, result.stderr
-    return workdir / "lightning_logs" / "version_0"
+    def build(workdir: Path) -> None:
+        result = run_cli("fit", *args, cwd=workdir, env=env)
+        assert result.returncode == 0, result.stderr
+
+    return built_once(tmp_path_factory, name, build) / "lightning_logs" / "version_0"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def uninterrupted(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reference: one run from start to end (READ-ONLY: tests that resume into it copy it)."""
-    return _reference_run(data_dir, tmp_path_factory, "reference", RUN_ARGS)
+    return _reference_run(tmp_path_factory, "resume-reference", ("--data.data_dir", str(data_dir), *RUN_ARGS))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def nets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder outside the project with the user's `my_nets.py`, put on PYTHONPATH by each command."""
-    folder = tmp_path_factory.mktemp("user_nets")
-    (folder / "my_nets.py").write_text(MY_NETS)
-    return folder
+    return built_once(tmp_path_factory, "resume-user-nets", lambda folder: (folder / "my_nets.py").write_text(MY_NETS))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cnn_uninterrupted(data_dir: Path, nets_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The user's net trained from start to end: the reference of the tests of `CNN_ARGS` (READ-ONLY)."""
-    workdir = tmp_path_factory.mktemp("cnn_reference")
-    result = run_cli("fit", "--data.data_dir", str(data_dir), *CNN_ARGS, cwd=workdir, env={"PYTHONPATH": str(nets_dir)})
-    assert result.returncode == 0, result.stderr
-    return workdir / "lightning_logs" / "version_0"
+    return _reference_run(tmp_path_factory, "resume-cnn-reference", ("--data.data_dir", str(data_dir), *CNN_ARGS),
+                          env={"PYTHONPATH": str(nets_dir)})
 
 
 def _fit_interrupted(workdir: Path, *args: str, nets: Path | None = None) -> subprocess.CompletedProcess:
@@ -188,10 +191,10 @@ def test_sigkill_then_resume_from_last_epoch_end_is_bit_identical(data_dir, unin
 AUGMENT_ARGS = (*RUN_ARGS, "--trainer.max_epochs", "2", "--data.augment", "mnist_lightning.augment.ElasticJitter")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def augmented_uninterrupted(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reference of the augmentation tests: augmented from start to end (READ-ONLY)."""
-    return _reference_run(data_dir, tmp_path_factory, "augmented_reference", AUGMENT_ARGS)
+    return _reference_run(tmp_path_factory, "resume-augmented-reference", ("--data.data_dir", str(data_dir), *AUGMENT_ARGS))
 
 
 @pytest.mark.slow

@@ -13,14 +13,13 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import PROJECT_ROOT, TINY_ARGS, CliResult, built_once, hparams_row, run_cli, run_process
+from conftest import PROJECT_ROOT, TINY_ARGS, CliResult, built_once, hparams_row, run_cli, run_process, start_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -53,21 +52,21 @@ def _last(run_dir: Path) -> Path:
 # them): one pair of process starts (5-9 s of CPU each) instead of four. Tests only read it.
 CONSOLE_FIT = ("--data.verify", "false", "--data.val_size", "100")
 TOGETHER = {
-    "default": ("--trainer.max_epochs", "2", "--model.optimizer.init_args.lr", "0.001"),
-    "best": ("--trainer.max_epochs", "1", "--trainer.precision", "bf16-mixed", "--data.deskew", "true",
-             "--model.optimizer.init_args.lr", "0.002"),
+    "default": ("--trainer.max_epochs", "2"),
+    "best": ("--trainer.max_epochs", "1", "--trainer.precision", "bf16-mixed", "--data.deskew", "true"),
 }
+LEARNING_RATE = {"default": "0.001", "best": "0.002"}  # what tells the two runs' folders apart
 
 
 @dataclass(frozen=True)
 class FitsStartedTogether:
     workdir: Path
     returncodes: dict[str, int]
-    consoles: dict[str, str]  # stdout + stderr of each
+    consoles: dict[str, str]  # stdout and stderr of each, as a console shows them
 
     def run_dir(self, name: str) -> Path:
         """The run folder that `name`'s fit claimed (which of the two is the race's outcome)."""
-        lr = float(TOGETHER[name][-1])
+        lr = float(LEARNING_RATE[name])
         (run_dir,) = [d for d in (self.workdir / "lightning_logs").iterdir()
                       if yaml.safe_load((d / "config.yaml").read_text())["model"]["init_args"]["optimizer"]["init_args"]["lr"] == lr]
         return run_dir
@@ -76,14 +75,12 @@ class FitsStartedTogether:
 @pytest.fixture(scope="session")
 def fits_started_together(shared_tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> FitsStartedTogether:
     def build(workdir: Path) -> None:
-        env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-        base = [sys.executable, "-m", "mnist_lightning", "fit", "--data.data_dir", str(shared_tiny_data), *CONSOLE_FIT]
-        runs = {name: subprocess.Popen([*base, *args], cwd=workdir, env=env, stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, text=True) for name, args in TOGETHER.items()}
+        runs = {name: start_cli("fit", "--data.data_dir", str(shared_tiny_data), *CONSOLE_FIT, *args,
+                                "--model.optimizer.init_args.lr", LEARNING_RATE[name], cwd=workdir,
+                                log=workdir / f"{name}.console")
+                for name, args in TOGETHER.items()}
         for name, run in runs.items():
-            out, err = run.communicate(timeout=300)
-            (workdir / f"{name}.console").write_text(out + err)
-            (workdir / f"{name}.returncode").write_text(str(run.returncode))
+            (workdir / f"{name}.returncode").write_text(str(run.wait(timeout=300)))
 
     workdir = built_once(tmp_path_factory, "fits-started-together", build)
     return FitsStartedTogether(workdir, {n: int((workdir / f"{n}.returncode").read_text()) for n in TOGETHER},

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import forked_cli
 import numpy as np
 import pytest
 import pytorch_lightning as pl
@@ -317,6 +318,17 @@ def start_cli(*args: str, cwd: Path, log: Path, env: dict | None = None) -> subp
     with open(log, "w") as out:
         return subprocess.Popen([sys.executable, "-m", "mnist_lightning", *args], cwd=cwd, env=_process_env(env),
                                 stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def run_forked(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`run_process`, in a process forked from one that has imported the project already (tests/forked_cli.py):
+    for tests whose subject is a run's reaction to a signal or a kill, not the interpreter's start."""
+    return forked_cli.run(args, cwd, _process_env(env), timeout)
+
+
+def start_forked(*args: str, cwd: Path, log: Path, env: dict | None = None) -> forked_cli.ForkedProcess:
+    """`start_cli`, forked the same way: a process group of its own, stdout and stderr into `log`."""
+    return forked_cli.start(args, cwd, _process_env(env), log)
 
 
 # ------------------------------------------------------------------ DDP and GPU probes (tests/test_ddp.py, test_gpu.py)

@@ -22,7 +22,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
-from conftest import PROJECT_ROOT, TINY_ARGS, probe_env, run_cli, start_cli
+from conftest import PROJECT_ROOT, TINY_ARGS, probe_env, run_cli, start_forked
 from optuna.distributions import CategoricalDistribution
 from pytorch_lightning.callbacks import Callback
 
@@ -226,8 +226,8 @@ def test_killed_sweep_started_again_finishes_without_counting_a_trial_twice(shar
     # The same command both times; HoldRun (off in the restart) keeps trial 1 mid-training until the kill.
     args = ["sweep", "--config", str(write_sweep(tmp_path, n_trials=2, search_space=ONE_POINT)),
             *fit_args(shared_tiny_data), "--trainer.callbacks+=test_experiments.HoldRun"]
-    # A real process: the subject is a worker killed with SIGKILL.
-    first = start_cli(*args, cwd=tmp_path, log=tmp_path / "first.log", env={**probe_env(), "HOLD_RUN": "version_1"})
+    # A real process (forked with the project imported): the subject is a worker killed with SIGKILL.
+    first = start_forked(*args, cwd=tmp_path, log=tmp_path / "first.log", env={**probe_env(), "HOLD_RUN": "version_1"})
     try:
         deadline = time.monotonic() + 120
         running = None
@@ -280,14 +280,14 @@ def test_diverged_trial_is_pruned_not_a_sweep_error(shared_tiny_data: Path, tmp_
 
 @pytest.mark.slow
 def test_two_workers_share_one_study(shared_tiny_data: Path, tmp_path: Path) -> None:
-    # Real processes: the subject is two workers side by side. AwaitPeer makes each worker's first trial
+    # Real processes (forked with the project imported): the subject is two workers side by side. AwaitPeer makes each worker's first trial
     # wait for the other worker's, so both are up before either could finish the study alone.
     peers = tmp_path / "peers"
     peers.mkdir()
     args = ["sweep", "--config", str(write_sweep(tmp_path, n_trials=3, search_space=ONE_POINT)), *fit_args(shared_tiny_data),
             "--trainer.callbacks+=test_experiments.AwaitPeer"]
     env = {**probe_env(), "AWAIT_PEER_DIR": str(peers)}
-    workers = [start_cli(*args, cwd=tmp_path, log=tmp_path / f"worker{i}.log", env=env) for i in range(2)]
+    workers = [start_forked(*args, cwd=tmp_path, log=tmp_path / f"worker{i}.log", env=env) for i in range(2)]
     for i, worker in enumerate(workers):
         try:
             assert worker.wait(timeout=180) == 0, (tmp_path / f"worker{i}.log").read_text()[-3000:]

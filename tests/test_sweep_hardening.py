@@ -17,7 +17,7 @@ import optuna
 import pytest
 import pytorch_lightning as pl
 import yaml
-from conftest import PROJECT_ROOT, TINY_ARGS, probe_env, run_cli, start_cli
+from conftest import PROJECT_ROOT, TINY_ARGS, probe_env, run_cli, start_forked
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from pytorch_lightning.callbacks import Callback
@@ -218,7 +218,7 @@ def ctrl_c_in_trial(data: Path, tmp_path: Path, hold_at: str) -> tuple[int, str]
     args = ["sweep", "--config", str(write_sweep(tmp_path)), *fit_args(data),
             "--trainer.callbacks+=test_sweep_hardening.HoldTrial"]
     log = tmp_path / "sweep.log"
-    process = start_cli(*args, cwd=tmp_path, log=log, env={**probe_env(), "HOLD_DIR": str(hold), "HOLD_AT": hold_at})
+    process = start_forked(*args, cwd=tmp_path, log=log, env={**probe_env(), "HOLD_DIR": str(hold), "HOLD_AT": hold_at})
     try:
         deadline = time.monotonic() + 120
         while not (hold / "ready").exists() and process.poll() is None and time.monotonic() < deadline:

@@ -30,7 +30,8 @@ import pytest
 import sqlalchemy.engine
 import sqlalchemy.exc
 import yaml
-from conftest import PROJECT_ROOT, TINY_ARGS, start_cli
+from conftest import PROJECT_ROOT, TINY_ARGS, start_forked
+from forked_cli import ForkedProcess
 from optuna.trial import TrialState
 
 from mnist_lightning.errors import UserInputError
@@ -335,17 +336,17 @@ def test_three_workers_in_their_own_folders_share_one_study_and_survive_a_sigkil
     n_trials = 4
     args = ["sweep", "--config", str(write_sweep(tmp_path, n_trials)), "--storage", storage, *fit_args(tiny_data, 4)]
     folders = [tmp_path / f"machine{i}" for i in range(3)]
-    workers: dict[str, subprocess.Popen] = {}
+    workers: dict[str, ForkedProcess] = {}
     try:
         for i, folder in enumerate(folders):
             folder.mkdir()
-            workers[f"worker{i}"] = start_cli(*args, cwd=folder, log=tmp_path / f"worker{i}.log")
+            workers[f"worker{i}"] = start_forked(*args, cwd=folder, log=tmp_path / f"worker{i}.log")
         pids = {i: workers[f"worker{i}"].pid for i in range(3)}
         victim, killed_number = wait_for_a_trial_in_fit(storage, pids, timeout=240)
         os.killpg(workers[f"worker{victim}"].pid, signal.SIGKILL)  # mid-trial, the whole process group
         killed_at = datetime.now()
         workers[f"worker{victim}"].wait()
-        workers["restarted"] = start_cli(*args, cwd=folders[victim], log=tmp_path / "restarted.log")
+        workers["restarted"] = start_forked(*args, cwd=folders[victim], log=tmp_path / "restarted.log")
         pids[victim] = workers["restarted"].pid
         for name, worker in workers.items():
             if name != f"worker{victim}":  # every worker that was not killed ends cleanly, wherever the best run is

@@ -47,6 +47,7 @@ from mnist_lightning.data import MNISTDataModule
 from mnist_lightning.errors import UserInputError, first_line
 from mnist_lightning.fast import FastMNISTClassifier, quiet_dataloader_iter_warnings
 from mnist_lightning.model import MNISTClassifier
+from mnist_lightning.precision_check import PrecisionCheck
 from mnist_lightning.predict import PredictionTable
 from mnist_lightning.resume import (
     ResumeCheckpoint,
@@ -136,7 +137,8 @@ class MNISTLightningCLI(LightningCLI):
                 auto_configure_optimizers=False,
                 save_config_callback=RunConfigSaver,
                 parser_kwargs={sub: {"default_config_files": [str(DEFAULT_CONFIG)]} for sub in LIGHTNING_SUBCOMMANDS},
-                trainer_defaults={"callbacks": [ResumeCheckpoint(resume_hint=resume_hint), *(callbacks or [])]},
+                trainer_defaults={"callbacks": [ResumeCheckpoint(resume_hint=resume_hint), PrecisionCheck(),
+                                               *(callbacks or [])]},
                 args=args,
                 run=run,
             )

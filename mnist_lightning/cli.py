@@ -74,6 +74,7 @@ from mnist_lightning.runs import (
     run_of_checkpoint,
     runs_root,
 )
+from mnist_lightning.saved_parts import check_saved_parts
 
 # Shipped inside the package, so an installed wheel runs with the same defaults as the checkout.
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.yaml"
@@ -229,6 +230,8 @@ class MNISTLightningCLI(LightningCLI):
         ckpt_path = config.ckpt_path = resolve_ckpt_path(subcommand, config)
         if ckpt_path and ckpt_path not in ("last", "best", "hpc"):
             self.checkpoint = load_checkpoint_file(ckpt_path)  # raises CheckpointError naming the file
+            # Before LightningCLI merges the saved parts into the config and builds them.
+            check_saved_parts(self.checkpoint, self.model_class, self.datamodule_class)
         self.parsed = copy.deepcopy(self.config)
 
     # ------------------------------------------------------------------- before the classes exist

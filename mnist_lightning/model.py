@@ -18,15 +18,18 @@ opt-in subclass that trades some of that away for speed.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
-from typing import Any, Literal
+from pathlib import Path
+from typing import IO, Any, Literal
 
 import pytorch_lightning as pl
 import torch
+import yaml
 from jsonargparse.typing import PositiveInt, restricted_number_type
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -37,6 +40,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from mnist_lightning.errors import CheckpointError, UserInputError, first_line
 from mnist_lightning.metrics import TrainingMeans, upgrade_training_metric_keys
+from mnist_lightning.saved_parts import check_parts, check_saved_parts
 from mnist_lightning.schedules import RunSchedule
 
 IMAGE_PIXELS = 28 * 28
@@ -436,6 +440,28 @@ class MNISTClassifier(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     # ------------------------------------------------------------------------------ checkpoints
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | os.PathLike | IO[bytes], map_location: Any = None,
+                             hparams_file: str | os.PathLike | None = None, strict: bool | None = None,
+                             **kwargs: Any) -> Any:
+        """Lightning's `load_from_checkpoint`, after refusing a checkpoint (or hparams file) whose saved parts
+        name anything but classes of the kind each slot takes (`saved_parts.py` says why)."""
+        from mnist_lightning.resume import load_checkpoint_file  # resume.py builds on this module
+
+        if isinstance(checkpoint_path, str | os.PathLike):
+            checkpoint = load_checkpoint_file(checkpoint_path)
+        else:
+            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        check_saved_parts(checkpoint, cls)
+        if hparams_file is not None:
+            saved = yaml.safe_load(Path(hparams_file).read_text(encoding="utf-8")) or {}
+            check_parts(saved if isinstance(saved, Mapping) else {}, cls, "model")
+        buffer = io.BytesIO()  # the checked copy is the one loaded: the file is not read a second time
+        torch.save(checkpoint, buffer)
+        buffer.seek(0)
+        return super().load_from_checkpoint(buffer, map_location=map_location, hparams_file=hparams_file,
+                                            strict=strict, weights_only=True, **kwargs)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lightning stores no RNG state; dropout draws from the global RNG, so an exact resume needs it.
         checkpoint["rng_state"] = {"torch": torch.get_rng_state()}

@@ -443,9 +443,10 @@ class MNISTClassifier(pl.LightningModule):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | os.PathLike | IO[bytes], map_location: Any = None,
                              hparams_file: str | os.PathLike | None = None, strict: bool | None = None,
-                             **kwargs: Any) -> Any:
+                             weights_only: bool | None = None, **kwargs: Any) -> Any:
         """Lightning's `load_from_checkpoint`, after refusing a checkpoint (or hparams file) whose saved parts
-        name anything but classes of the kind each slot takes (`saved_parts.py` says why)."""
+        name anything but classes of the kind each slot takes (`saved_parts.py` says why). Always
+        weights-only: `weights_only` is accepted for Lightning's signature and cannot turn that off."""
         from mnist_lightning.resume import load_checkpoint_file  # resume.py builds on this module
 
         if isinstance(checkpoint_path, str | os.PathLike):

@@ -59,16 +59,23 @@ def accepted_classes(annotation: Any) -> tuple[type, ...]:
 
 
 def _slot_annotations(cls: type) -> dict[str, Any]:
-    """The annotations of `cls.__init__`'s parameters, resolved; {} where they cannot be resolved."""
-    try:
-        hints = typing.get_type_hints(cls.__init__)
-    except Exception:  # an unresolvable forward reference: no slot of this class is typed
-        return {}
-    try:
-        names = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return {}
-    return {name: hints[name] for name in names if name in hints}
+    """The annotations of the parameters `cls` is built with, resolved. A subclass whose `__init__` passes
+    `**kwargs` on takes its parents' slots too, so the `__init__`s of the whole MRO count, nearest first;
+    a parameter whose annotation cannot be resolved is untyped."""
+    slots: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        try:
+            hints = typing.get_type_hints(init)
+            names = inspect.signature(init).parameters
+        except Exception:  # an unresolvable forward reference: this class's slots stay untyped
+            continue
+        for name in names:
+            if name in hints:
+                slots.setdefault(name, hints[name])
+    return slots
 
 
 def _is_part(value: Any) -> bool:

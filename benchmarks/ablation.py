@@ -76,10 +76,12 @@ def run_step(step: str, data_dir: Path, epochs: int, workdir: Path) -> dict:
     from torchmetrics.classification import MulticlassAccuracy
 
     from mnist_lightning.__main__ import skip_failing_nvml_check
-    from mnist_lightning.data import MNISTDataModule
-    from mnist_lightning.figures import ValidationFigures
-    from mnist_lightning.model import MLP, MNISTClassifier
-    from mnist_lightning.resume import ResumeCheckpoint, SafeCheckpointIO
+    from mnist_lightning.callbacks.figures import ValidationFigures
+    from mnist_lightning.callbacks.resume import ResumeCheckpoint
+    from mnist_lightning.checkpoints.files import SafeCheckpointIO
+    from mnist_lightning.data.datamodule import MNISTDataModule
+    from mnist_lightning.models.classifier import MNISTClassifier
+    from mnist_lightning.models.mlp import MLP
 
     skip_failing_nvml_check()  # as `python -m mnist_lightning` does
     torch.set_num_threads(1)

@@ -24,8 +24,8 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from mnist_lightning.__main__ import skip_failing_nvml_check
-from mnist_lightning.data import split_indices
-from mnist_lightning.idx import DATASETS, load_split
+from mnist_lightning.data.datamodule import split_indices
+from mnist_lightning.data.idx import DATASETS, load_split
 
 
 def main() -> None:

@@ -10,8 +10,9 @@ A `FastMNISTClassifier` checkpoint loads as that class through `FastMNISTClassif
 `MNISTClassifier.load_from_checkpoint` gives the idiomatic class with the same net and weights.
 """
 
-from mnist_lightning.data import MNISTDataModule
-from mnist_lightning.fast import FastMNISTClassifier
-from mnist_lightning.model import MLP, MNISTClassifier
+from mnist_lightning.data.datamodule import MNISTDataModule
+from mnist_lightning.models.classifier import MNISTClassifier
+from mnist_lightning.models.fast import FastMNISTClassifier
+from mnist_lightning.models.mlp import MLP
 
 __all__ = ["MLP", "FastMNISTClassifier", "MNISTClassifier", "MNISTDataModule"]

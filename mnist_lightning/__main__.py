@@ -23,10 +23,10 @@ from collections.abc import Sequence
 import torch
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from mnist_lightning.cli import MNISTLightningCLI, quiet_console
+from mnist_lightning.callbacks.resume import TrainingDiverged, TrainingInterrupted
+from mnist_lightning.cli.cli import MNISTLightningCLI, quiet_console
 from mnist_lightning.errors import UserInputError
 from mnist_lightning.export import main as export_main
-from mnist_lightning.resume import TrainingDiverged, TrainingInterrupted
 
 EXTRA_COMMANDS = ("export", "sweep", "seeds")
 
@@ -38,7 +38,7 @@ def main(args: Sequence[str] | None = None) -> None:
         if argv[:1] == ["export"]:
             export_main(argv[1:])
         elif argv[:1] and argv[0] in EXTRA_COMMANDS:
-            from mnist_lightning.experiments import main as experiments_main  # Optuna loads for sweeps only
+            from mnist_lightning.sweeps.experiments import main as experiments_main  # Optuna loads for sweeps only
 
             experiments_main(argv)
         else:

@@ -7,7 +7,7 @@ The exported model is the checkpoint's net (any `nn.Module`) in eval mode (dropo
 takes what `MNISTClassifier.forward` takes, a float batch (N, 1, 28, 28) of any N, scaled like the
 run's training data (`x / 255`, then `(x - mean) / std` if the run normalised; the export prints
 which), and returns logits (N, classes). A run trained on deskewed digits (`--data.deskew true`)
-exports with `mnist_lightning.deskew.Deskew` as its first layer, so the file still takes the
+exports with `mnist_lightning.data.deskew.Deskew` as its first layer, so the file still takes the
 scaled pixels and needs no preprocessing code beside it. After writing, the export is loaded back
 and its logits are compared with the checkpoint's on a random batch, before the file is written.
 The ONNX check needs onnxruntime; without it the file is written and the check is skipped, saying so.
@@ -37,12 +37,12 @@ import torch
 from torch import nn
 
 from mnist_lightning.atomic import write_atomically
-from mnist_lightning.deskew import Deskew
+from mnist_lightning.checkpoints.files import load_checkpoint_file
+from mnist_lightning.data.deskew import Deskew
+from mnist_lightning.data.idx import DATASETS
 from mnist_lightning.errors import CheckpointError, UserInputError, first_line
-from mnist_lightning.fast import FastMNISTClassifier  # noqa: F401 - imported, so checkpoint_class finds it
-from mnist_lightning.idx import DATASETS
-from mnist_lightning.model import MNISTClassifier
-from mnist_lightning.resume import load_checkpoint_file
+from mnist_lightning.models.classifier import MNISTClassifier
+from mnist_lightning.models.fast import FastMNISTClassifier  # noqa: F401 - imported, so checkpoint_class finds it
 
 FORMATS = ("torchscript", "onnx")
 SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}

@@ -5,7 +5,7 @@
 
 Everything comes from the run's TensorBoard event files, the way TensorBoard shows it: the epoch-level
 scalars `train/loss`, `train/acc`, `val/loss` and `val/acc` (drawn against the global step), and the
-last epoch's `val/confusion_matrix` and `val/predictions` images (mnist_lightning.figures.ValidationFigures,
+last epoch's `val/confusion_matrix` and `val/predictions` images (mnist_lightning.callbacks.ValidationFigures,
 which the default config, mnist_lightning/default.yaml, turns on). The curves are drawn with PIL, like the
 figures themselves, so the script needs nothing beyond the project's own dependencies.
 
@@ -34,7 +34,7 @@ DEFAULT_DATA_DIR = ROOT / ".." / "shared" / "data" / "mnist"
 SCALARS = ("train/loss", "val/loss", "train/acc", "val/acc")
 CONFUSION, PREDICTIONS = "val/confusion_matrix", "val/predictions"
 MAKES_IT = "python -m mnist_lightning fit (the default config, mnist_lightning/default.yaml)"
-FIGURE_TAG_SOURCE = "mnist_lightning.figures.ValidationFigures, a callback of mnist_lightning/default.yaml"
+FIGURE_TAG_SOURCE = "mnist_lightning.callbacks.ValidationFigures, a callback of mnist_lightning/default.yaml"
 
 FONT_SIZE = 15  # pixels, as in the TensorBoard figures
 COLOURS = {"train": (31, 119, 180), "val": (255, 127, 14)}  # the blue and orange readers know from matplotlib

@@ -402,7 +402,7 @@ def read_probes(out_dir: Path, stage: str, world_size: int) -> list[dict[str, An
 
 def image_keys(data_dir: Path, val_size: int = VAL_SIZE) -> dict[str, set[str]]:
     """The hash of every image of the train/val/test splits, as the datamodule cuts them."""
-    from mnist_lightning.data import MNISTDataModule
+    from mnist_lightning.data.datamodule import MNISTDataModule
 
     dm = MNISTDataModule(data_dir=str(data_dir), verify=False, val_size=val_size)
     dm.setup(None)

@@ -16,13 +16,13 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnist_lightning import MLP, MNISTClassifier, MNISTDataModule
-from mnist_lightning.augment import AffineJitter, ElasticJitter, TrainingAugmentation
-from mnist_lightning.experiments import parse_fit
-from mnist_lightning.fast import FastMNISTClassifier
+from mnist_lightning.data.augment import AffineJitter, ElasticJitter, TrainingAugmentation
+from mnist_lightning.models.fast import FastMNISTClassifier
+from mnist_lightning.sweeps.experiments import parse_fit
 
 AUGMENT_CONFIG = str(PROJECT_ROOT / "configs" / "augment.yaml")
 # Strong enough that hardly any training image keeps all its pixels.
-STRONG = ("--data.augment", "mnist_lightning.augment.AffineJitter", "--data.augment.init_args.rotation", "30",
+STRONG = ("--data.augment", "mnist_lightning.data.AffineJitter", "--data.augment.init_args.rotation", "30",
           "--data.augment.init_args.shift", "3")
 VAL_SIZE = 100
 
@@ -191,10 +191,10 @@ def test_the_grid_of_augmented_training_images_is_written_to_tensorboard_once(au
 def test_the_augmentation_is_in_the_checkpoint_and_the_hparams_row(augmented_run: Path) -> None:
     """A resume checks it (and refuses another), evaluation ignores it, HPARAMS shows it, weights-only loadable."""
     saved = torch.load(augmented_run / "checkpoints" / "last.ckpt", weights_only=True)["datamodule_hyper_parameters"]
-    assert saved["augment"] == {"class_path": "mnist_lightning.augment.AffineJitter",
+    assert saved["augment"] == {"class_path": "mnist_lightning.data.AffineJitter",
                                 "init_args": {"rotation": 8.0, "scale": 0.08, "shift": 2.0}}
     row = hparams_row(augmented_run)
-    assert row["data.augment"] == "mnist_lightning.augment.AffineJitter"
+    assert row["data.augment"] == "mnist_lightning.data.AffineJitter"
     assert row["data.augment.init_args.rotation"] == pytest.approx(8.0)
 
 

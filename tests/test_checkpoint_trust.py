@@ -11,9 +11,9 @@ import torch
 from conftest import TINY_ARGS, TrainedRun, run_cli
 from torch import nn
 
+from mnist_lightning.checkpoints.trust import check_saved_parts
 from mnist_lightning.errors import CheckpointError
-from mnist_lightning.model import MNISTClassifier
-from mnist_lightning.saved_parts import check_saved_parts
+from mnist_lightning.models.classifier import MNISTClassifier
 
 
 def _touch(marker: Path) -> str:
@@ -127,7 +127,7 @@ def test_nested_parts_are_checked_against_their_own_slot() -> None:
 
 
 def test_data_settings_are_checked_against_the_data_module() -> None:
-    from mnist_lightning.data import MNISTDataModule
+    from mnist_lightning.data.datamodule import MNISTDataModule
 
     crafted = {"hyper_parameters": {}, "datamodule_hyper_parameters": {
         "augment": {"class_path": "os.system", "init_args": {"command": "true"}}}}

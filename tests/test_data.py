@@ -21,9 +21,10 @@ from conftest import IDX_NAMES, write_idx_dataset
 from torchvision import transforms
 
 from mnist_lightning import MNISTDataModule
-from mnist_lightning.augment import AffineJitter
-from mnist_lightning.data import ResumableDataLoader, split_indices
-from mnist_lightning.digits import InMemoryDigits
+from mnist_lightning.data.augment import AffineJitter
+from mnist_lightning.data.datamodule import split_indices
+from mnist_lightning.data.digits import InMemoryDigits
+from mnist_lightning.data.loaders import ResumableDataLoader
 from mnist_lightning.errors import DataFileError, UserInputError
 
 
@@ -313,6 +314,6 @@ def test_fixed_settings_are_the_declared_ones_and_every_dataset_has_ten_classes(
     # A class-path setting is flat, as on the command line: its class path and each init arg.
     augmented = MNISTDataModule(dataset=dataset, augment=AffineJitter(rotation=5)).fixed_settings()
     assert {k: v for k, v in augmented.items() if k.startswith("augment")} == {
-        "augment": "mnist_lightning.augment.AffineJitter", "augment.init_args.rotation": 5.0,
+        "augment": "mnist_lightning.data.AffineJitter", "augment.init_args.rotation": 5.0,
         "augment.init_args.scale": 0.08, "augment.init_args.shift": 2.0}
     assert dm.num_classes == 10 == len(dm.classes)

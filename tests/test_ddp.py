@@ -43,8 +43,8 @@ from conftest import (
     write_idx_dataset,
 )
 
-from mnist_lightning.model import MNISTClassifier
-from mnist_lightning.resume import load_checkpoint_file
+from mnist_lightning.checkpoints.files import load_checkpoint_file
+from mnist_lightning.models.classifier import MNISTClassifier
 
 TIMEOUT_S = 180
 # 601 training images - 101 for validation = 500 to train on (250 per rank, 4 batches of 64);
@@ -53,7 +53,7 @@ N_TRAIN, N_TEST = 601, 201
 SMALL = (*TINY_ARGS, "--data.val_size", str(VAL_SIZE), "--torch_threads", "1", "--trainer.accelerator", "cpu")
 # Dropout (random draws per step) and a per-step schedule: what makes the fast class's bit-for-bit match
 # with the idiomatic one non-trivial. The sharding runs train with them too, so one run serves both tests.
-MODEL_UNDER_TEST = ("--model.net.init_args.dropout", "0.2", "--model.lr_scheduler", "mnist_lightning.schedules.OneCycle")
+MODEL_UNDER_TEST = ("--model.net.init_args.dropout", "0.2", "--model.lr_scheduler", "mnist_lightning.models.OneCycle")
 
 
 def assert_checkpoint_loads(path: Path, epoch: int, global_step: int) -> None:

@@ -27,7 +27,7 @@ from optuna.distributions import CategoricalDistribution
 from pytorch_lightning.callbacks import Callback
 
 from mnist_lightning.errors import UserInputError
-from mnist_lightning.experiments import cli_value, load_sweep, parse_fit, seeds_main, summarize
+from mnist_lightning.sweeps.experiments import cli_value, load_sweep, parse_fit, seeds_main, summarize
 
 SEED_CONFIG = PROJECT_ROOT / "configs" / "seed.yaml"
 

@@ -15,10 +15,11 @@ import torch
 from conftest import PROJECT_ROOT, TINY_ARGS, TrainedRun, run_cli
 
 from mnist_lightning import atomic, export
-from mnist_lightning.data import MNISTDataModule
-from mnist_lightning.fast import FastMNISTClassifier
-from mnist_lightning.model import MLP, MNISTClassifier
-from mnist_lightning.resume import load_checkpoint_file
+from mnist_lightning.checkpoints.files import load_checkpoint_file
+from mnist_lightning.data.datamodule import MNISTDataModule
+from mnist_lightning.models.classifier import MNISTClassifier
+from mnist_lightning.models.fast import FastMNISTClassifier
+from mnist_lightning.models.mlp import MLP
 
 TOLERANCE = 1e-5
 CNN_MODULE = "export_test_cnn"  # a user's own net: a module outside the package, found on PYTHONPATH
@@ -87,7 +88,7 @@ def reference(trained) -> tuple[torch.Tensor, torch.Tensor]:
     data, ckpt = trained
     checkpoint = load_checkpoint_file(ckpt)
     saved_net = checkpoint["hyper_parameters"]["net"]
-    assert saved_net["class_path"] == "mnist_lightning.model.MLP", saved_net
+    assert saved_net["class_path"] == "mnist_lightning.models.MLP", saved_net
     net = MLP(**saved_net["init_args"])
     net.load_state_dict({k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")})
     images = _test_images(data, normalize=True)
@@ -242,7 +243,7 @@ def test_a_fast_classifier_checkpoint_exports_like_the_idiomatic_one(fast_checkp
     the idiomatic class's does; the export loads it as the class that wrote it (export.checkpoint_class), and so
     does `FastMNISTClassifier.load_from_checkpoint`."""
     assert load_checkpoint_file(fast_checkpoint)["hyper_parameters"]["_class_path"] == (
-        "mnist_lightning.fast.FastMNISTClassifier")
+        "mnist_lightning.models.FastMNISTClassifier")
     output = tmp_path / f"fast{export.SUFFIXES[fmt]}"
     result = _export(tmp_path, "--ckpt_path", str(fast_checkpoint), "--format", fmt, "--output", str(output))
     assert result.returncode == 0, result.stderr

@@ -140,6 +140,6 @@ def test_the_installed_wheel_runs_with_the_default_config_inside_the_package(tmp
     assert trainer["logger"]["class_path"] == "pytorch_lightning.loggers.TensorBoardLogger"
     callbacks = [c["class_path"] for c in trainer["callbacks"]]
     assert callbacks == ["pytorch_lightning.callbacks.ModelCheckpoint", "pytorch_lightning.callbacks.LearningRateMonitor",
-                         "mnist_lightning.figures.ValidationFigures"], callbacks
+                         "mnist_lightning.callbacks.ValidationFigures"], callbacks
     net = config["model"]["init_args"]["net"]
-    assert net["class_path"] == "mnist_lightning.model.MLP" and net["init_args"]["hidden_sizes"] == [50]
+    assert net["class_path"] == "mnist_lightning.models.MLP" and net["init_args"]["hidden_sizes"] == [50]

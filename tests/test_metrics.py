@@ -8,7 +8,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnist_lightning import MNISTClassifier
-from mnist_lightning.metrics import TrainingMeans
+from mnist_lightning.models.metrics import TrainingMeans
 
 
 def batches(seed: int, count: int, size: int = 64) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:

@@ -14,10 +14,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from mnist_lightning import MLP, MNISTClassifier, MNISTDataModule
+from mnist_lightning.checkpoints.files import SafeCheckpointIO, load_checkpoint_file
+from mnist_lightning.checkpoints.parts import part_settings
 from mnist_lightning.errors import CheckpointError, UserInputError
-from mnist_lightning.model import part_settings
-from mnist_lightning.resume import SafeCheckpointIO, load_checkpoint_file
-from mnist_lightning.schedules import Cosine, OneCycle
+from mnist_lightning.models.schedules import Cosine, OneCycle
 
 
 class SmallCNN(nn.Module):
@@ -66,7 +66,7 @@ def test_cli_part_configs_survive_a_checkpoint_and_rebuild_the_net(trained_run):
     them: the net with its weights, and the optimizer with its settings."""
     checkpoint = torch.load(trained_run.last, weights_only=True)
     saved = checkpoint["hyper_parameters"]
-    assert saved["net"] == {"class_path": "mnist_lightning.model.MLP", "init_args": {
+    assert saved["net"] == {"class_path": "mnist_lightning.models.MLP", "init_args": {
         "hidden_sizes": [50], "num_classes": 10, "dropout": 0.0, "input_dropout": 0.0, "batch_norm": False}}
     assert saved["optimizer"]["class_path"] == "torch.optim.Adam" and saved["optimizer"]["init_args"]["lr"] == 0.001
     assert saved["lr_scheduler"] is None
@@ -172,7 +172,7 @@ def test_part_settings_flattens_the_parts_as_documented():
         "lr_scheduler": None,
         "label_smoothing": 0.1,
         "extra": {"a": 1, "b": {"c": [2]}},
-        "_class_path": "mnist_lightning.model.MNISTClassifier",
+        "_class_path": "mnist_lightning.models.MNISTClassifier",
         "_instantiator": "lightning.cli.instantiate_module",
     }
     assert part_settings(hparams) == {
@@ -222,8 +222,8 @@ def test_checkpoint_of_another_architecture_is_refused_with_nothing_loaded(train
     with pytest.raises(CheckpointError) as info:
         model.on_load_checkpoint(checkpoint)
     message = str(info.value)
-    assert "the checkpoint's net (model.net='mnist_lightning.model.MLP', model.net.init_args.hidden_sizes=[50]" in message
-    assert "does not match this model's net (mnist_lightning.model.MLP)" in message
+    assert "the checkpoint's net (model.net='mnist_lightning.models.MLP', model.net.init_args.hidden_sizes=[50]" in message
+    assert "does not match this model's net (mnist_lightning.models.MLP)" in message
     assert "net.layers.1.weight: checkpoint (50, 784) vs model (40, 784)" in message
     assert "net.layers.3.weight: checkpoint (10, 50) vs model (10, 40)" in message
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -17,14 +17,14 @@ from conftest import TINY_ARGS, TrainedRun, TutorialRun, run_cli
 from PIL import Image, ImageDraw
 
 from mnist_lightning import atomic
-from mnist_lightning.data import MNISTDataModule
-from mnist_lightning.digits import InMemoryDigits
+from mnist_lightning.callbacks.predictions import PredictionTable
+from mnist_lightning.checkpoints.files import load_checkpoint_file
+from mnist_lightning.data.datamodule import MNISTDataModule
+from mnist_lightning.data.digits import InMemoryDigits
+from mnist_lightning.data.idx import DATASETS, load_split
+from mnist_lightning.data.images import ImageFolderDigits, UnusableImage, display_name, read_image, to_mnist
 from mnist_lightning.errors import UserInputError
-from mnist_lightning.idx import DATASETS, load_split
-from mnist_lightning.images import ImageFolderDigits, UnusableImage, display_name, read_image, to_mnist
-from mnist_lightning.model import MNISTClassifier
-from mnist_lightning.predict import PredictionTable
-from mnist_lightning.resume import load_checkpoint_file
+from mnist_lightning.models.classifier import MNISTClassifier
 
 CSV_HEADER = ["file", "prediction", "probability"]
 

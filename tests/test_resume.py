@@ -50,7 +50,7 @@ class SmallCNN(nn.Module):
 '''
 # The user's net with a schedule that spans the run (its length is the run's steps).
 CNN_ARGS = (*TINY_ARGS, "--trainer.max_epochs", "2", "--model.net", "my_nets.SmallCNN",
-            "--model.lr_scheduler", "mnist_lightning.schedules.OneCycle", "--torch_threads", "1")
+            "--model.lr_scheduler", "mnist_lightning.models.OneCycle", "--torch_threads", "1")
 
 
 # The data and the uninterrupted references are built once for the whole run (`built_once`), whichever
@@ -189,7 +189,7 @@ def test_sigkill_then_resume_from_last_epoch_end_is_bit_identical(data_dir, unin
 
 
 # Training-batch augmentation on (mnist_lightning/augment.py), over the dropout run: 2 epochs of 15 batches.
-AUGMENT_ARGS = (*RUN_ARGS, "--trainer.max_epochs", "2", "--data.augment", "mnist_lightning.augment.ElasticJitter")
+AUGMENT_ARGS = (*RUN_ARGS, "--trainer.max_epochs", "2", "--data.augment", "mnist_lightning.data.ElasticJitter")
 
 
 @pytest.fixture(scope="session")

@@ -121,7 +121,7 @@ def test_test_on_a_runs_checkpoint_logs_into_that_run_with_one_hparams_row(train
     for tag in ("val/acc", "train/acc", "test/acc", "hp/val_acc_best", "hp/test_acc"):
         assert tag in scalars, tag
     params = _hparams(run_dir)
-    expected = {"model.class": "MNISTClassifier", "model.net": "mnist_lightning.model.MLP",
+    expected = {"model.class": "MNISTClassifier", "model.net": "mnist_lightning.models.MLP",
                 "model.net.init_args.hidden_sizes": "[50]", "model.optimizer": "torch.optim.Adam",
                 "model.optimizer.init_args.lr": 0.001, "data.dataset": "mnist",
                 "data.batch_size": 64.0, "data.normalize": "false", "data.deskew": "false", "data.val_size": 100.0, "seed": "42",
@@ -220,7 +220,7 @@ def test_the_best_recipes_settings_keep_the_console_quiet(fits_started_together)
 def onecycle_run(tmp_path_factory: pytest.TempPathFactory, shared_tiny_data: Path) -> Path:
     """A 2-epoch fit with a schedule that spans the run, trained once for the refusals below (which write nothing)."""
     workdir = tmp_path_factory.mktemp("onecycle")
-    _fit(workdir, shared_tiny_data, "--model.lr_scheduler", "mnist_lightning.schedules.OneCycle")
+    _fit(workdir, shared_tiny_data, "--model.lr_scheduler", "mnist_lightning.models.OneCycle")
     return workdir
 
 
@@ -235,7 +235,7 @@ def onecycle_run_copy(onecycle_run: Path, tmp_path: Path) -> Path:
     ("--model.optimizer.init_args.lr", "0.01", "0.001"), ("--data.batch_size", "128", "64"),
     ("--data.split_seed", "7", "42"), ("--data.val_size", "50", "100"),
     ("--model.net.init_args.hidden_sizes", "[20]", "[50]"), ("--seed_everything", "3", "42"),
-    ("--model.lr_scheduler", "mnist_lightning.schedules.Cosine", "'mnist_lightning.schedules.OneCycle'"),
+    ("--model.lr_scheduler", "mnist_lightning.models.Cosine", "'mnist_lightning.models.OneCycle'"),
     ("--trainer.max_epochs", "4", "2"), ("--data.deskew", "true", "False"),
 ])
 def test_a_resume_with_a_setting_the_checkpoint_fixes_is_refused_naming_both_values(option, value, saved,

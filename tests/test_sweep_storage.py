@@ -35,8 +35,8 @@ from forked_cli import ForkedProcess
 from optuna.trial import TrialState
 
 from mnist_lightning.errors import UserInputError
-from mnist_lightning.experiments import importances_table, run_trials, sweep_main
-from mnist_lightning.sweep_storage import (
+from mnist_lightning.sweeps.experiments import importances_table, run_trials, sweep_main
+from mnist_lightning.sweeps.storage import (
     POSTGRES_EXTRA,
     StorageSpec,
     fail_stale_journal_trials,

@@ -43,8 +43,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from mnist_lightning.deskew import deskew as deskew_digits
-from mnist_lightning.digits import InMemoryDigits
+from mnist_lightning.data.deskew import deskew as deskew_digits
+from mnist_lightning.data.digits import InMemoryDigits
 from mnist_lightning.errors import UserInputError
 
 FIELD = 28  # MNIST's image side

@@ -41,23 +41,17 @@ from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from mnist_lightning import checkpoint_settings, refit
-from mnist_lightning.commands import mnist_command
-from mnist_lightning.data import MNISTDataModule
-from mnist_lightning.errors import UserInputError, first_line
-from mnist_lightning.fast import FastMNISTClassifier, quiet_dataloader_iter_warnings
-from mnist_lightning.model import MNISTClassifier
-from mnist_lightning.predict import PredictionTable
-from mnist_lightning.resume import (
-    ResumeCheckpoint,
+from mnist_lightning.callbacks.predictions import PredictionTable
+from mnist_lightning.callbacks.resume import ResumeCheckpoint, checkpoint_dir, unlogged_monitors
+from mnist_lightning.checkpoints.files import (
     SafeCheckpointIO,
-    checkpoint_dir,
     checkpoint_files,
     load_checkpoint_file,
     remove_superseded_checkpoints,
-    unlogged_monitors,
 )
-from mnist_lightning.runs import (
+from mnist_lightning.checkpoints.trust import check_saved_parts
+from mnist_lightning.cli import checkpoint_settings, refit
+from mnist_lightning.cli.runs import (
     NOT_SAVED,
     RUN_PREFIX,
     RunConfigSaver,
@@ -74,10 +68,14 @@ from mnist_lightning.runs import (
     run_of_checkpoint,
     runs_root,
 )
-from mnist_lightning.saved_parts import check_saved_parts
+from mnist_lightning.commands import mnist_command
+from mnist_lightning.data.datamodule import MNISTDataModule
+from mnist_lightning.errors import UserInputError, first_line
+from mnist_lightning.models.classifier import MNISTClassifier
+from mnist_lightning.models.fast import FastMNISTClassifier, quiet_dataloader_iter_warnings
 
 # Shipped inside the package, so an installed wheel runs with the same defaults as the checkout.
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "default.yaml"
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 PROGRESS_BAR_REFRESH_STEPS = 50
 BYTES_PER_PARAMETER = 16  # to train: weights, gradients and an optimizer's two moments (Adam's), float32

@@ -20,8 +20,8 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from mnist_lightning.atomic import write_atomically
+from mnist_lightning.data.images import display_name
 from mnist_lightning.errors import UserInputError
-from mnist_lightning.images import display_name
 
 CSV_HEADER = ("file", "prediction", "probability")
 

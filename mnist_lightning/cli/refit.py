@@ -7,7 +7,7 @@
   scored best on them (the default config's `ModelCheckpoint` on ``val/acc``).
 * ``refit-last``: once the settings are chosen on validation, ``--data.val_size 0`` trains on every
   training image, runs no validation, and the model is the run's ``last.ckpt`` (written by
-  `mnist_lightning.resume.ResumeCheckpoint` at every epoch end). Callbacks that watch a validation
+  `mnist_lightning.callbacks.resume.ResumeCheckpoint` at every epoch end). Callbacks that watch a validation
   metric (`ModelCheckpoint`, `EarlyStopping`, ...) would find nothing to watch (Lightning's
   `EarlyStopping` raises), so the CLI leaves them out of the Trainer and says so in one line.
 """

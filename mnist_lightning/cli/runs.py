@@ -25,8 +25,8 @@ from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 
+from mnist_lightning.checkpoints.files import LAST_CHECKPOINT, checkpoint_files
 from mnist_lightning.errors import UserInputError
-from mnist_lightning.resume import LAST_CHECKPOINT, checkpoint_files
 
 RUN_PREFIX = "version_"
 NO_LOGGER_ROOT = "lightning_logs"  # where runs without a logger get their folders (default_root_dir unset)

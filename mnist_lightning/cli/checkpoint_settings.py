@@ -22,8 +22,8 @@ from typing import Any
 
 from jsonargparse import Namespace
 
+from mnist_lightning.checkpoints.parts import part_settings
 from mnist_lightning.errors import UserInputError
-from mnist_lightning.model import part_settings
 
 OnCommandLine = Callable[[str], bool]
 

@@ -43,13 +43,13 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 from pytorch_lightning.cli import SaveConfigCallback
 
-from mnist_lightning import refit
-from mnist_lightning.cli import MNISTLightningCLI, quiet_console
+from mnist_lightning.callbacks.resume import ResumeCheckpoint, TrainingDiverged, TrainingInterrupted
+from mnist_lightning.checkpoints.parts import part_settings
+from mnist_lightning.cli import refit
+from mnist_lightning.cli.cli import MNISTLightningCLI, quiet_console
 from mnist_lightning.commands import mnist_command
 from mnist_lightning.errors import DataFileError, UserInputError, first_line
-from mnist_lightning.model import part_settings
-from mnist_lightning.resume import ResumeCheckpoint, TrainingDiverged, TrainingInterrupted
-from mnist_lightning.sweep_storage import JournalHeartbeat, StorageSpec, heartbeat_of, open_storage, parse_storage
+from mnist_lightning.sweeps.storage import JournalHeartbeat, StorageSpec, heartbeat_of, open_storage, parse_storage
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {

@@ -1,0 +1,61 @@
+"""Saved parts as plain data: flattened for checks and the HPARAMS row, built-in types for the weights-only loader."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def _is_plain(value: Any) -> bool:
+    """Data a checkpoint can hold and `torch.load(weights_only=True)` can read: no objects, no code.
+
+    Exact types: jsonargparse's range types (`PositiveInt`, ...) are int and float subclasses, which
+    the weights-only unpickler refuses.
+    """
+    if value is None or type(value) in (bool, int, float, str):
+        return True
+    if type(value) in (list, tuple):
+        return all(_is_plain(v) for v in value)
+    if type(value) is dict:
+        return all(type(k) is str and _is_plain(v) for k, v in value.items())
+    return False
+
+
+def _plain(value: Any) -> Any:
+    """A copy of configs and numbers as built-in types only (see `_is_plain`)."""
+    if isinstance(value, bool):
+        return bool(value)
+    for kind in (int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def part_settings(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """A module's hyperparameters as flat `key: value` pairs, keyed as on the command line.
+
+    An injected part saved by LightningCLI is `{class_path, init_args}`: it becomes `net` (the class
+    path) and `net.init_args.width` (each argument), so a resume check or the HPARAMS row can name
+    exactly the setting that differs. LightningCLI's own bookkeeping (`_class_path`, ...) is left out.
+    """
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping) and "class_path" in value:
+            flat[prefix] = value["class_path"]
+            for key, arg in (value.get("init_args") or {}).items():
+                walk(f"{prefix}.init_args.{key}", arg)
+        elif isinstance(value, Mapping) and value:
+            for key, arg in value.items():
+                walk(f"{prefix}.{key}", arg)
+        else:
+            flat[prefix] = list(value) if isinstance(value, tuple) else value
+
+    for key, value in hparams.items():
+        if not str(key).startswith("_"):
+            walk(str(key), value)
+    return flat

@@ -24,7 +24,8 @@ import torch
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from mnist_lightning.callbacks.resume import TrainingDiverged, TrainingInterrupted
-from mnist_lightning.cli.cli import MNISTLightningCLI, quiet_console
+from mnist_lightning.cli.cli import MNISTLightningCLI
+from mnist_lightning.cli.console import quiet_console
 from mnist_lightning.errors import UserInputError
 from mnist_lightning.export import main as export_main
 

@@ -14,6 +14,7 @@ from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint
 
 from mnist_lightning.checkpoints.files import LAST_CHECKPOINT
 from mnist_lightning.commands import mnist_command
+from mnist_lightning.errors import raised_by
 
 
 def unlogged_monitors(trainer: pl.Trainer) -> list[str]:
@@ -21,14 +22,6 @@ def unlogged_monitors(trainer: pl.Trainer) -> list[str]:
     if not trainer.callback_metrics:
         return []
     return [c.monitor for c in trainer.early_stopping_callbacks if c.monitor not in trainer.callback_metrics]
-
-
-def _raised_in(err: BaseException, module: str) -> bool:
-    """Whether `err` was raised by code of `module` (its traceback's innermost frame)."""
-    tb = err.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and tb.tb_frame.f_globals.get("__name__", "") == module
 
 
 class TrainingInterrupted(SystemExit):
@@ -165,7 +158,7 @@ class ResumeCheckpoint(Checkpoint):
         # Checkpoint callbacks last), and raises where it was never logged: save the finished epoch first,
         # so fixing the monitor loses nothing (the CLI says so in one line).
         if (self._saving_enabled(trainer) and unlogged_monitors(trainer)
-                and _raised_in(exception, "pytorch_lightning.callbacks.early_stopping")):
+                and raised_by(exception, "pytorch_lightning.callbacks.early_stopping")):
             trainer.save_checkpoint(self.path(trainer), weights_only=False)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

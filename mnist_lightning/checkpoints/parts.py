@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
+import pytorch_lightning as pl
+from torch import nn
 
-def _is_plain(value: Any) -> bool:
+
+def is_plain(value: Any) -> bool:
     """Data a checkpoint can hold and `torch.load(weights_only=True)` can read: no objects, no code.
 
     Exact types: jsonargparse's range types (`PositiveInt`, ...) are int and float subclasses, which
@@ -15,24 +19,31 @@ def _is_plain(value: Any) -> bool:
     if value is None or type(value) in (bool, int, float, str):
         return True
     if type(value) in (list, tuple):
-        return all(_is_plain(v) for v in value)
+        return all(is_plain(v) for v in value)
     if type(value) is dict:
-        return all(type(k) is str and _is_plain(v) for k, v in value.items())
+        return all(type(k) is str and is_plain(v) for k, v in value.items())
     return False
 
 
-def _plain(value: Any) -> Any:
-    """A copy of configs and numbers as built-in types only (see `_is_plain`)."""
+def as_plain(value: Any) -> Any:
+    """A copy of configs and numbers as built-in types only (see `is_plain`)."""
     if isinstance(value, bool):
         return bool(value)
     for kind in (int, float, str):
         if isinstance(value, kind):
             return kind(value)
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [as_plain(v) for v in value]
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): as_plain(v) for k, v in value.items()}
     return value
+
+
+def drop_unsaveable_parts(module: pl.LightningModule, parts: Sequence[str]) -> None:
+    """Keep in `module.hparams` only the parts that arrived as configs (LightningCLI's class path and init
+    args), which a checkpoint can hold and `load_from_checkpoint` rebuilds. Objects passed in Python cannot
+    be stored safely: pass them again to `load_from_checkpoint(path, net=...)`."""
+    module.remove_ignored_hparams([key for key in parts if not is_plain(module.hparams.get(key))])
 
 
 def part_settings(hparams: Mapping[str, Any]) -> dict[str, Any]:
@@ -59,3 +70,18 @@ def part_settings(hparams: Mapping[str, Any]) -> dict[str, Any]:
         if not str(key).startswith("_"):
             walk(str(key), value)
     return flat
+
+
+def without_init_args(key: str) -> str:
+    """A flat key as the user may type it: `net.init_args.width` and `net.width` are the same setting."""
+    return ".".join(part for part in key.split(".") if part != "init_args")
+
+
+def describe(part: Any) -> str:
+    """A part passed in Python, by its class (or function) path."""
+    if part is None:
+        return "none"
+    target = part if isinstance(part, type) or callable(part) and not isinstance(part, nn.Module) else type(part)
+    if isinstance(target, partial):  # yours, or LightningCLI's (jsonargparse passes the class as an argument)
+        target = next((a for a in target.args if isinstance(a, type)), target.func)
+    return f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', type(target).__name__)}".lstrip(".")

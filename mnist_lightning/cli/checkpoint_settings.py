@@ -22,7 +22,7 @@ from typing import Any
 
 from jsonargparse import Namespace
 
-from mnist_lightning.checkpoints.parts import part_settings
+from mnist_lightning.checkpoints.parts import part_settings, without_init_args
 from mnist_lightning.errors import UserInputError
 
 OnCommandLine = Callable[[str], bool]
@@ -106,8 +106,16 @@ def check_resumed_run(checkpoint: dict[str, Any], given: Namespace, defaults: Na
         raise UserInputError(mismatch("fit", "seed_everything", seed, saved_seed))
 
 
-def _without_init_args(key: str) -> str:
-    return ".".join(part for part in key.split(".") if part != "init_args")
+def take_settings_from_checkpoint(checkpoint: dict[str, Any], parser: Any, config: Namespace, parsed: Namespace,
+                                  subcommand: str, defaults: Namespace, datamodule_class: type,
+                                  on_command_line: OnCommandLine) -> Namespace:
+    """The config with the data settings the checkpoint fixes taken from it; a resume also checks the model's."""
+    given = parsed[subcommand]
+    inherited = data_settings_from_checkpoint(checkpoint, datamodule_class, subcommand, given.data, defaults.data,
+                                              on_command_line)
+    if subcommand == "fit":
+        check_resumed_run(checkpoint, given, defaults, on_command_line)
+    return parser.parse_object({subcommand: {"data": inherited}}, config) if inherited else config
 
 
 @dataclass(frozen=True)
@@ -119,7 +127,7 @@ class NamedOnCommandLine:
 
     @classmethod
     def of(cls, argv: list[str]) -> NamedOnCommandLine:
-        return cls(frozenset(_without_init_args(a[2:].split("=", 1)[0]) for a in argv if a.startswith("--")))
+        return cls(frozenset(without_init_args(a[2:].split("=", 1)[0]) for a in argv if a.startswith("--")))
 
     def __call__(self, key: str) -> bool:
-        return _without_init_args(key) in self.given
+        return without_init_args(key) in self.given

@@ -23,7 +23,7 @@ import yaml
 from jsonargparse import Namespace
 from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
 from mnist_lightning.checkpoints.files import LAST_CHECKPOINT, checkpoint_files
 from mnist_lightning.errors import UserInputError
@@ -235,3 +235,70 @@ class RunConfigSaver(SaveConfigCallback):
             name = f"config.{stage}-{n}.yaml" if stage != "fit" else f"config.resume-{n}.yaml"
         self.config_filename = trainer.strategy.broadcast(name)
         super().setup(trainer, pl_module, stage)
+
+
+def choose_run_folder(cli: Any) -> None:
+    """Before the classes exist: the run folder this command logs into, set in `cli.config`.
+
+    A new `fit` claims a new `version_N` (recorded in `cli.claimed_run_dir`); a resume and an evaluation of a
+    run's checkpoint log into that run's folder, with the run's own logger (as its config.yaml saved it)
+    unless `--trainer.logger` is given; `predict` writes no run.
+    """
+    subcommand = cli.subcommand
+    config = cli.config[subcommand]
+    if subcommand == "predict":
+        config.trainer.logger = False  # predictions go to the console and --predictions_csv, not to a run
+    if subcommand in ("validate", "test") and config.get("ckpt_path") and not _logger_given(cli.on_command_line):
+        _log_with_the_runs_logger(cli, config.ckpt_path)
+        config = cli.config[subcommand]
+    writes_logs = not config.trainer.get("fast_dev_run")  # fast_dev_run writes nothing
+    if has_no_logger(config) and subcommand != "predict":
+        _run_dir_without_logger(cli, config, writes_logs)
+        return
+    logger = logger_namespace(config)
+    if logger is None:
+        return
+    if logger.init_args.get("version") is None and subcommand != "fit" and config.get("ckpt_path"):
+        logger.init_args.version = run_of_checkpoint(config.ckpt_path, logger)  # evaluate into its run
+    if logger.init_args.get("version") is None and writes_logs and rank_zero_only.rank == 0:
+        logger.init_args.version = claim_run_dir(runs_root(logger))
+        cli.claimed_run_dir = runs_root(logger) / f"{RUN_PREFIX}{logger.init_args.version}"
+    if subcommand != "fit" or config.get("ckpt_path"):
+        keep_csv_rows(logger)  # a run reopened: a resume, or an evaluation added to it
+
+
+def _logger_given(on_command_line: Any) -> bool:
+    """`--trainer.logger` (or one of its init args) named on the command line: the user's choice wins."""
+    return any(key == "trainer.logger" or key.startswith("trainer.logger.") for key in on_command_line.given)
+
+
+def _log_with_the_runs_logger(cli: Any, ckpt_path: str) -> None:
+    """An evaluation of a run's checkpoint logs with the run's own logger (as its config.yaml saved it) into
+    the run's folder: a CSV run gets rows in its metrics.csv, not a TensorBoard event file."""
+    run_dir = run_dir_of_checkpoint(ckpt_path)
+    saved = logger_of_run(run_dir) if run_dir is not None else NOT_SAVED
+    if saved is NOT_SAVED:
+        return
+    cli.config = cli.parser.parse_object({cli.subcommand: {"trainer": {"logger": saved}}}, cli.config)
+    logger = logger_namespace(cli.config[cli.subcommand])
+    if logger is not None and run_dir is not None:
+        reopen_run(logger, run_dir)
+
+
+def _run_dir_without_logger(cli: Any, config: Namespace, writes_logs: bool) -> None:
+    """Without a logger the run's folder is the trainer's default_root_dir (Lightning puts checkpoints and
+    the saved config there): a new `version_N` for a new fit, the checkpoint's own run otherwise."""
+    trainer = config.trainer
+    ckpt_path = config.get("ckpt_path")
+    if cli.subcommand == "fit" and ckpt_path is None:
+        if writes_logs and rank_zero_only.rank == 0:
+            cli.claimed_run_dir = claim_run_dir_without_logger(trainer.get("default_root_dir"))
+            trainer.default_root_dir = str(cli.claimed_run_dir)
+        return
+    if trainer.get("default_root_dir") is not None:  # given, e.g. by the run's own saved config
+        return
+    run_dir = run_dir_of_checkpoint(ckpt_path) if ckpt_path not in (None, "hpc") else None
+    if run_dir is not None:
+        trainer.default_root_dir = str(run_dir)
+    elif cli.subcommand != "fit":
+        cli.save_config_callback = None  # an evaluation outside any run writes nothing (not ./config.yaml)

@@ -14,19 +14,18 @@ as `MNISTClassifier` (same seed, dropout, a per-batch schedule, also under 2-pro
 from __future__ import annotations
 
 import itertools
-import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from jsonargparse.typing import PositiveInt
 
-from mnist_lightning.errors import UserInputError
+from mnist_lightning.errors import UserInputError, quiet_warnings
 from mnist_lightning.models.classifier import MNISTClassifier
 
-IDIOMATIC = "mnist_lightning.models.classifier.MNISTClassifier (leave out configs/fast.yaml)"
+IDIOMATIC = "mnist_lightning.models.MNISTClassifier (leave out configs/fast.yaml)"
 
 
 class FastMNISTClassifier(MNISTClassifier):
@@ -52,9 +51,6 @@ class FastMNISTClassifier(MNISTClassifier):
     """
 
     def __init__(self, steps_per_call: PositiveInt = 50, **kwargs: Any):
-        steps_per_call = int(steps_per_call)
-        if steps_per_call < 1:
-            raise UserInputError(f"model.steps_per_call must be an integer >= 1; got {steps_per_call!r}.")
         super().__init__(**kwargs)
         self.automatic_optimization = False  # training_step steps the optimizer itself
 
@@ -135,7 +131,7 @@ class FastMNISTClassifier(MNISTClassifier):
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
-        if not self.trainer.sanity_checking:
+        if not self.trainer.sanity_checking and self.trainer.state.fn == "fit":
             self._log_x_axis()
 
     def _log_x_axis(self) -> None:
@@ -149,12 +145,8 @@ class FastMNISTClassifier(MNISTClassifier):
         self.log("epoch", float(self.current_epoch), batch_size=1)
 
 
-@contextmanager
-def quiet_dataloader_iter_warnings() -> Iterator[None]:
+def quiet_dataloader_iter_warnings() -> AbstractContextManager[None]:
     """Lightning calls the `dataloader_iter` flavour experimental; FastMNISTClassifier's docstring says what it
     means here and tests/test_fast.py pins it, so its two warnings are silenced around its fit, not globally."""
-    with warnings.catch_warnings():
-        for message in ("You are using the `dataloader_iter` step flavor",
-                        "Found `dataloader_iter` argument in the `training_step`"):
-            warnings.filterwarnings("ignore", message=message)
-        yield
+    return quiet_warnings("You are using the `dataloader_iter` step flavor",
+                          "Found `dataloader_iter` argument in the `training_step`")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 from torchmetrics import Metric
 
@@ -48,20 +49,17 @@ class TrainingMeans(Metric):
         return loss, accuracy
 
 
-def upgrade_training_metric_keys(state_dict: dict[str, torch.Tensor], prefix: str = "train_metrics.") -> None:
-    """Rename, in place, the training-metric states of a checkpoint saved before `TrainingMeans`.
+def values_reach_loggers(trainer: pl.Trainer) -> bool:
+    """Whether values logged now, at the end of a training batch, are written to the loggers.
 
-    Those checkpoints hold `train_loss` (MeanMetric: mean_value, weight) and `train_acc`
-    (MulticlassAccuracy micro: tp, fp, tn, fn); the counts carry over exactly, so such a run
-    resumes, tests and exports as before.
+    Lightning's rule (`log_every_n_steps`, public Trainer flags only): after the optimizer step that makes
+    `global_step` a multiple of `log_every_n_steps`, when the run is stopping, and on every step of a
+    `fast_dev_run`. Inside an accumulation window nothing is written, and a value logged there is
+    overwritten by the window's last batch before it could be.
     """
-    if "train_loss.mean_value" not in state_dict or "train_acc.tp" not in state_dict:
-        return
-    loss_sum, batches = state_dict.pop("train_loss.mean_value"), state_dict.pop("train_loss.weight")
-    tp, fn = state_dict.pop("train_acc.tp"), state_dict.pop("train_acc.fn")
-    state_dict.pop("train_acc.fp", None)
-    state_dict.pop("train_acc.tn", None)
-    state_dict[prefix + "loss_sum"] = loss_sum.reshape(())
-    state_dict[prefix + "batches"] = batches.reshape(())
-    state_dict[prefix + "correct"] = tp.sum().long()
-    state_dict[prefix + "seen"] = (tp + fn).sum().long()
+    if not trainer.loggers:
+        return False
+    if trainer.fast_dev_run:
+        return True
+    every = trainer.log_every_n_steps
+    return every > 0 and (trainer.global_step % every == 0 or trainer.should_stop)

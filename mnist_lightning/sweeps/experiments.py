@@ -44,9 +44,10 @@ from optuna.trial import FrozenTrial, TrialState
 from pytorch_lightning.cli import SaveConfigCallback
 
 from mnist_lightning.callbacks.resume import ResumeCheckpoint, TrainingDiverged, TrainingInterrupted
-from mnist_lightning.checkpoints.parts import part_settings
+from mnist_lightning.checkpoints.parts import part_settings, without_init_args
 from mnist_lightning.cli import refit
-from mnist_lightning.cli.cli import MNISTLightningCLI, quiet_console
+from mnist_lightning.cli.cli import MNISTLightningCLI
+from mnist_lightning.cli.console import quiet_console
 from mnist_lightning.commands import mnist_command
 from mnist_lightning.errors import DataFileError, UserInputError, first_line
 from mnist_lightning.sweeps.storage import JournalHeartbeat, StorageSpec, heartbeat_of, open_storage, parse_storage
@@ -369,20 +370,15 @@ def _cli_key(key: str) -> str:
     return f"model.{key.removeprefix('model.init_args.')}" if key.startswith("model.init_args.") else key
 
 
-def _plain_key(key: str) -> str:
-    """A key without any `init_args` part, as jsonargparse reads both spellings."""
-    return ".".join(part for part in key.split(".") if part != "init_args")
-
-
 def trial_settings(config: Namespace, sweep: Sweep) -> dict[str, Any]:
     """What every trial of the study trains with, apart from its sampled parameters: the metric it is judged by and
     the resolved fit settings of the sweep's run configs and fit options (by value, not by file name), keyed as on
     the command line, without the searched keys and WORKER_SETTINGS. As JSON values, the way the study keeps them."""
-    searched = {_plain_key(key) for key in sweep.search_space}
+    searched = {without_init_args(key) for key in sweep.search_space}
     fit = {}
     for key, value in part_settings(config.as_dict()).items():
         key = _cli_key(key)
-        if _plain_key(key) in searched or any(key == w or key.startswith(f"{w}.") for w in WORKER_SETTINGS):
+        if without_init_args(key) in searched or any(key == w or key.startswith(f"{w}.") for w in WORKER_SETTINGS):
             continue
         fit[key] = value
     return json.loads(json.dumps({"metric": sweep.metric, "fit": fit}, default=str))

@@ -1,6 +1,6 @@
 """mnist-lightning: the fully connected MNIST tutorial as a clean, fast, reproducible Lightning project.
 
-    python -m mnist_lightning fit          # see mnist_lightning/cli.py
+    python -m mnist_lightning fit          # see mnist_lightning/cli/cli.py
 
     from mnist_lightning import MNISTClassifier
     model = MNISTClassifier.load_from_checkpoint("lightning_logs/version_0/checkpoints/last.ckpt")

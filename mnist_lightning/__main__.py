@@ -1,8 +1,8 @@
 """`python -m mnist_lightning` (and the `mnist-lightning` script): start the command, end it cleanly.
 
-    python -m mnist_lightning fit|validate|test|predict ...    # the LightningCLI (mnist_lightning/cli.py)
+    python -m mnist_lightning fit|validate|test|predict ...    # the LightningCLI (mnist_lightning/cli/cli.py)
     python -m mnist_lightning export --ckpt_path CKPT --format onnx      # mnist_lightning/export.py
-    python -m mnist_lightning sweep|seeds --config ...                   # mnist_lightning/experiments.py
+    python -m mnist_lightning sweep|seeds --config ...                   # mnist_lightning/sweeps/
 
 A user's mistake (a bad value, path, file or checkpoint; Lightning's and jsonargparse's own
 misconfiguration errors) ends with one line, `error: ...`, and exit code 2; anything else is a bug
@@ -32,32 +32,39 @@ from mnist_lightning.export import main as export_main
 EXTRA_COMMANDS = ("export", "sweep", "seeds")
 
 
-def main(args: Sequence[str] | None = None) -> None:
-    """Run one command in this process; a user's mistake ends with `error: ...` on stderr and exit code 2."""
-    argv = list(sys.argv[1:] if args is None else args)
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command in this process and return its exit code: 0, 2 with one line `error: ...` on stderr
+    for a user's mistake, 1 for a diverged loss, 128 + N after signal N, 130 after Ctrl+C."""
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv[:1] == ["export"]:
-            export_main(argv[1:])
-        elif argv[:1] and argv[0] in EXTRA_COMMANDS:
+        if args[:1] == ["export"]:
+            export_main(args[1:])
+        elif args[:1] and args[0] in EXTRA_COMMANDS:
             from mnist_lightning.sweeps.experiments import main as experiments_main  # Optuna loads for sweeps only
 
-            experiments_main(argv)
+            experiments_main(args)
         else:
             with quiet_console():
-                MNISTLightningCLI(args=None if args is None else argv)  # None: LightningCLI reads sys.argv itself
+                MNISTLightningCLI(args=None if argv is None else args)  # None: LightningCLI reads sys.argv itself
     except (UserInputError, MisconfigurationException) as err:  # the user's input: one line, no traceback
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
-    except TrainingInterrupted:  # saved, and the resume command printed: a further Ctrl+C must not break the exit
+        return 1
+    except TrainingInterrupted as stop:  # saved, and the resume command printed: a further Ctrl+C must not break the exit
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        raise
+        return int(stop.code)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl+C must not interrupt the goodbye
         print("\ninterrupted; nothing more was saved.", file=sys.stderr)
-        sys.exit(130)
+        return 130
+    except SystemExit as exit_:  # argparse's usage errors (2) and --help (0); a message exits 1, as Python's would
+        if exit_.code is None or isinstance(exit_.code, int):
+            return exit_.code or 0
+        print(exit_.code, file=sys.stderr)
+        return 1
+    return 0
 
 
 def skip_failing_nvml_check() -> None:
@@ -82,7 +89,7 @@ def run() -> None:
     """The process's entry point (`python -m mnist_lightning`, `mnist-lightning`)."""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on Ctrl+C is Python's KeyboardInterrupt
     skip_failing_nvml_check()
-    main()
+    sys.exit(main())
 
 
 if __name__ == "__main__":

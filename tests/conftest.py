@@ -286,9 +286,7 @@ def run_cli(*args: str, cwd: Path, timeout: float | None = None, env: dict | Non
     try:
         with _console_into(out, err):
             try:
-                main()
-            except SystemExit as exit_:
-                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+                code = main()
             except BaseException:  # as the interpreter would: the traceback on stderr, exit code 1
                 traceback.print_exc(file=err)
                 code = 1

@@ -3,7 +3,7 @@
     python -m mnist_lightning predict --ckpt_path CKPT                       # the test set
     python -m mnist_lightning predict --ckpt_path CKPT --data.predict_path my_digits/ --predictions_csv out.csv
 
-Your own images are prepared like MNIST's by `mnist_lightning.images`.
+Your own images are prepared like MNIST's by `mnist_lightning.data.images`.
 """
 
 from __future__ import annotations

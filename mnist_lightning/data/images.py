@@ -1,4 +1,4 @@
-"""Your own images prepared like MNIST's digits, for `predict` (the table it prints is in `predict.py`).
+"""Your own images prepared like MNIST's digits, for `predict` (the table it prints is in `callbacks/predictions.py`).
 
     python -m mnist_lightning predict --ckpt_path CKPT                       # the test set
     python -m mnist_lightning predict --ckpt_path CKPT --data.predict_path my_digits/ --predictions_csv out.csv
@@ -18,7 +18,7 @@ the MNIST digits (LeCun et al.) on any image:
 5. Scale the longer side to 20 pixels, keeping the aspect ratio (Lanczos, i.e. anti-aliased).
 6. Paste into a black 28x28 field so that the centre of mass of the ink lands on the field's
    centre (pixel 14, 14), as for MNIST.
-7. Deskew (`mnist_lightning.deskew`) when the run's data was deskewed (`--data.deskew true`).
+7. Deskew (`mnist_lightning.data.deskew`) when the run's data was deskewed (`--data.deskew true`).
 
 Decoding is bounded: an image above `MAX_PIXELS` (40 megapixels) is refused from its header,
 before any pixel is decoded; JPEGs are decoded at a reduced scale (`Image.draft`) and every image is

@@ -38,11 +38,6 @@ class MLP(nn.Module):
         super().__init__()
         if not hidden_sizes or any(isinstance(h, bool) or not isinstance(h, int) or h <= 0 for h in hidden_sizes):
             raise UserInputError(f"MLP hidden_sizes must be a non-empty list of positive integers; got {hidden_sizes!r}.")
-        for name, share in (("dropout", dropout), ("input_dropout", input_dropout)):
-            if not 0 <= share < 1:
-                raise UserInputError(f"MLP {name} must be in [0, 1); got {share!r}.")
-        if num_classes < 2:
-            raise UserInputError(f"MLP num_classes must be >= 2; got {num_classes!r}.")
         layers: list[nn.Module] = [nn.Flatten()]
         if input_dropout > 0:
             layers.append(nn.Dropout(float(input_dropout)))

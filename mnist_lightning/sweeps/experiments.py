@@ -5,7 +5,7 @@
     python -m mnist_lightning seeds --config configs/mlp_best.yaml --seeds 0 1 2 --data.data_dir D
 
 A sweep keeps its Optuna study in `lightning_logs/sweeps/<name>/study.db`, or where --storage says (a
-journal file on a shared filesystem, a PostgreSQL server: mnist_lightning/sweep_storage.py): the same
+journal file on a shared filesystem, a PostgreSQL server: mnist_lightning/sweeps/storage.py): the same
 command started again continues it, and several started together, on one machine or many, share it. The study
 records what its trials share (run configs and fit options, by value, and the metric) and refuses to continue
 with other ones; one batch (fast_dev_run) checks the data and the metric before the first trial.
@@ -906,7 +906,7 @@ class SeedRun:
     test_acc: float
     fit_seconds: float
     run_dir: str
-    protocol: str = refit.BEST_VAL  # which checkpoint was tested (mnist_lightning/refit.py)
+    protocol: str = refit.BEST_VAL  # which checkpoint was tested (mnist_lightning/cli/refit.py)
 
 
 def run_seed(seed: int, fit_args: Sequence[str]) -> SeedRun:

@@ -17,7 +17,7 @@ from types import ModuleType
 import pytest
 import torch
 import torchvision
-from conftest import IDX_NAMES, write_idx_dataset
+from conftest import IDX_NAMES, run_cli, write_idx_dataset
 from torchvision import transforms
 
 from mnist_lightning import MNISTDataModule
@@ -261,14 +261,15 @@ def test_missing_files_offline_give_one_clear_message(tmp_path, monkeypatch):
     assert "--data.data_dir" in message
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "field"),
-    [({"batch_size": 0}, "batch_size"), ({"val_size": -1}, "val_size"), ({"num_workers": -1}, "num_workers"),
-     ({"dataset": "cifar"}, "dataset")],
-)
-def test_invalid_values_are_rejected_naming_the_field(kwargs, field):
-    with pytest.raises(UserInputError, match=f"data.{field}"):
-        MNISTDataModule(**kwargs)
+@pytest.mark.parametrize(("option", "value"), [("--data.batch_size", "0"), ("--data.val_size", "-1"),
+                                             ("--data.num_workers", "-1"), ("--data.dataset", "cifar")])
+def test_invalid_values_are_rejected_naming_the_field(option, value, tmp_path):
+    """The types of MNISTDataModule's arguments (PositiveInt, NonNegativeInt, Literal) bound them: the CLI refuses a
+    value outside them, naming the setting, before anything is built or written."""
+    result = run_cli("fit", option, value, "--print_config", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert option.removeprefix("--") in result.stderr, result.stderr
+    assert not (tmp_path / "lightning_logs").exists()
 
 
 def test_val_size_not_smaller_than_the_training_set_is_rejected(shared_tiny_data):

@@ -250,6 +250,20 @@ def test_a_resume_with_a_setting_the_checkpoint_fixes_is_refused_naming_both_val
     assert _last(run_dir).read_bytes() == before
 
 
+@pytest.mark.parametrize("option", [("--trainer.limit_train_batches", "3"), ("--trainer.accumulate_grad_batches", "2"),
+                                    ("--trainer.max_steps", "5")])
+def test_a_resume_that_changes_a_run_long_schedules_length_is_refused(option, onecycle_run_copy, tmp_path):
+    """Each of these changes how many optimizer steps the one-cycle schedule spans: more would overrun it (torch's
+    "Tried to step N times"), fewer would end half-way through it. Refused in one line, nothing written."""
+    run_dir = onecycle_run_copy
+    before = _last(run_dir).read_bytes()
+    result = run_cli("fit", "--config", str(run_dir / "config.yaml"), "--ckpt_path", "last", *option, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.splitlines() == [result.stderr.strip()], result.stderr
+    assert "the checkpoint's schedule spans" in result.stderr and "resume with the run's own settings" in result.stderr
+    assert _last(run_dir).read_bytes() == before
+
+
 def test_a_resume_may_change_the_number_of_epochs_of_a_constant_rate_and_logging(trained_run_copy):
     run_dir = trained_run_copy.run_dir  # 2 epochs at Adam's constant rate
     result = run_cli("fit", "--config", str(run_dir / "config.yaml"), "--ckpt_path", "last",
@@ -290,3 +304,28 @@ def test_ckpt_path_last_without_the_runs_config_is_refused(trained_run_copy):
     result = run_cli("test", "--ckpt_path", "last", "--data.data_dir", str(trained_run_copy.data_dir), *TINY_ARGS,
                      cwd=trained_run_copy.workdir)
     assert result.returncode == 2 and "config.yaml" in result.stderr and "Got " not in result.stdout
+
+
+# ------------------------------------------------------------------------------ several loggers, one run folder
+TWO_LOGGERS = """trainer:
+  logger:
+    - class_path: pytorch_lightning.loggers.TensorBoardLogger
+      init_args: {save_dir: lightning_logs, name: "", default_hp_metric: false}
+    - class_path: pytorch_lightning.loggers.CSVLogger
+      init_args: {save_dir: lightning_logs, name: ""}
+"""
+
+
+def test_two_loggers_write_into_one_run_folder_and_its_evaluation_stays_there(shared_tiny_data, tmp_path):
+    (tmp_path / "two_loggers.yaml").write_text(TWO_LOGGERS)
+    for _ in range(2):
+        _fit(tmp_path, shared_tiny_data, "--config", "two_loggers.yaml", epochs=1)
+    runs = tmp_path / "lightning_logs"
+    assert sorted(p.name for p in runs.iterdir()) == ["version_0", "version_1"]
+    for run in ("version_0", "version_1"):
+        assert (runs / run / "metrics.csv").is_file() and list((runs / run).glob("events.out.tfevents.*")), run
+    result = run_cli("test", "--ckpt_path", str(_last(runs / "version_0")), "--data.data_dir", str(shared_tiny_data),
+                     *TINY_ARGS, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in runs.iterdir()) == ["version_0", "version_1"]  # no new version for the test
+    assert "test/acc" in (runs / "version_0" / "metrics.csv").read_text()

@@ -65,6 +65,19 @@ class NoClasses(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x.flatten(1))
+
+
+class WithFeatures(nn.Module):
+    """A common pattern the module cannot train: it returns (logits, features)."""
+
+    def __init__(self, width: int = 8, num_classes: int = 10):
+        super().__init__()
+        self.body = nn.Linear(28 * 28, width)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(x.flatten(1)).relu()
+        return self.head(features), features
 '''
 
 USER_PARTS = ("--model.net", "my_nets.SmallCNN", "--model.net.init_args.width", "16",
@@ -219,6 +232,15 @@ def test_a_net_without_num_classes_is_refused_with_one_line_naming_it(user_run, 
     assert result.stderr.splitlines() == [result.stderr.strip()], result.stderr  # one line: no traceback
     assert result.stderr.startswith("error: ") and "NoClasses" in result.stderr and "num_classes" in result.stderr
     assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_a_net_that_returns_a_tuple_is_refused_with_one_line_before_training(user_run, tmp_path):
+    result = run_cli("fit", "--data.data_dir", str(user_run.data_dir), *TINY_ARGS, "--model.net", "my_nets.WithFeatures",
+                     cwd=tmp_path, env=user_run.env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.splitlines() == [result.stderr.strip()], result.stderr  # one line: no traceback
+    assert "model.net returns a tuple, not a tensor" in result.stderr and "only the logits" in result.stderr
+    assert not (tmp_path / "lightning_logs").exists()  # refused before the first step: no run folder left
 
 
 def test_a_net_whose_only_argument_is_num_classes_is_refused_in_one_line(user_run, tmp_path):

@@ -121,7 +121,7 @@ class MNISTLightningCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except (MemoryError, RuntimeError, ValueError) as err:
+        except (MemoryError, RuntimeError, ValueError, ImportError) as err:
             mistake = failures.building_failed(err)
             if mistake is not None:
                 raise mistake from None

@@ -20,6 +20,7 @@ from mnist_lightning.checkpoints.files import checkpoint_files
 from mnist_lightning.errors import UserInputError, exception_chain, first_line, found_in_chain, raised_by
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def after_failure(err: BaseException, run_dir: Path | None, trainer: Any) -> UserInputError | None:
@@ -29,6 +30,9 @@ def after_failure(err: BaseException, run_dir: Path | None, trainer: Any) -> Use
     removed = remove_unused_run_dir(run_dir, trainer, disk_full=full is not None)
     if full is not None:
         return disk_full(full, run_dir, removed)
+    denied = next((e for e in exception_chain(err) if isinstance(e, OSError) and e.errno in NOT_WRITABLE), None)
+    if denied is not None:
+        return not_writable(denied)
     return unlogged_monitor(err, trainer)
 
 
@@ -57,6 +61,13 @@ def disk_full(err: OSError, run_dir: Path | None, removed: bool) -> UserInputErr
                           f"again.{after}")
 
 
+def not_writable(err: OSError) -> UserInputError:
+    where = f" {err.filename}" if err.filename else ""
+    return UserInputError(f"cannot write{where} ({err.strerror}): choose a folder you can write to "
+                          "(--trainer.logger.init_args.save_dir, --trainer.default_root_dir, or another working "
+                          "folder) or fix its permissions; nothing saved was changed.")
+
+
 def unlogged_monitor(err: BaseException, trainer: Any) -> UserInputError | None:
     """Lightning's RuntimeError deep inside a fit for an EarlyStopping monitor the run never logs."""
     if not isinstance(err, RuntimeError) or trainer is None or not (missing := unlogged_monitors(trainer)):
@@ -74,6 +85,10 @@ def building_failed(err: BaseException) -> UserInputError | None:
     mistake = found_in_chain(err, UserInputError)
     if mistake is not None:
         return mistake
+    missing = found_in_chain(err, ImportError)
+    if missing is not None:  # e.g. MLFlowLogger or WandbLogger without its package
+        return UserInputError(f"a class of the config needs a package that is not installed ({first_line(missing)}); "
+                              "install it, or choose another class.")
     if isinstance(err, MemoryError) or "can't allocate memory" in str(err) or "out of memory" in str(err):
         return UserInputError(f"building the model ran out of memory ({first_line(err)}): the net is larger than "
                               "this machine can hold. Choose a smaller one.")

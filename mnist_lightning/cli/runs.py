@@ -72,17 +72,19 @@ def claim_run_dir_without_logger(default_root_dir: str | None) -> Path:
     return root / f"{RUN_PREFIX}{claim_run_dir(root)}"
 
 
+def logger_namespaces(config: Namespace) -> list[Namespace]:
+    """The entries of a parsed subcommand config's logger(s) that keep the run in a `version_N` folder
+    (TensorBoardLogger, CSVLogger, or subclasses), in order."""
+    loggers = config.get("trainer", Namespace()).get("logger")
+    loggers = loggers if isinstance(loggers, list) else [loggers]
+    return [logger for logger in loggers if isinstance(logger, Namespace)
+            and isinstance(cls := _logger_class(str(logger.get("class_path", ""))), type)
+            and issubclass(cls, VERSIONED_LOGGERS)]
+
+
 def logger_namespace(config: Namespace) -> Namespace | None:
-    """The entry of a parsed subcommand config's logger that keeps the run in a `version_N` folder
-    (a TensorBoardLogger or CSVLogger, or a subclass), or None."""
-    logger = config.get("trainer", Namespace()).get("logger")
-    if isinstance(logger, list):
-        logger = logger[0] if logger else None
-    if isinstance(logger, Namespace):
-        cls = _logger_class(str(logger.get("class_path", "")))
-        if isinstance(cls, type) and issubclass(cls, VERSIONED_LOGGERS):
-            return logger
-    return None
+    """The first of `logger_namespaces`, which names the run's folder, or None."""
+    return next(iter(logger_namespaces(config)), None)
 
 
 def _logger_class(class_path: str) -> Any:
@@ -255,16 +257,21 @@ def choose_run_folder(cli: Any) -> None:
     if has_no_logger(config) and subcommand != "predict":
         _run_dir_without_logger(cli, config, writes_logs)
         return
-    logger = logger_namespace(config)
-    if logger is None:
+    loggers = logger_namespaces(config)
+    if not loggers:
         return
+    logger = loggers[0]  # names the run's folder; every other versioned logger writes into the same version
     if logger.init_args.get("version") is None and subcommand != "fit" and config.get("ckpt_path"):
         logger.init_args.version = run_of_checkpoint(config.ckpt_path, logger)  # evaluate into its run
     if logger.init_args.get("version") is None and writes_logs and rank_zero_only.rank == 0:
         logger.init_args.version = claim_run_dir(runs_root(logger))
         cli.claimed_run_dir = runs_root(logger) / f"{RUN_PREFIX}{logger.init_args.version}"
+    for other in loggers[1:]:
+        if other.init_args.get("version") is None:
+            other.init_args.version = logger.init_args.get("version")
     if subcommand != "fit" or config.get("ckpt_path"):
-        keep_csv_rows(logger)  # a run reopened: a resume, or an evaluation added to it
+        for each in loggers:
+            keep_csv_rows(each)  # a run reopened: a resume, or an evaluation added to it
 
 
 def _logger_given(on_command_line: Any) -> bool:
@@ -280,9 +287,9 @@ def _log_with_the_runs_logger(cli: Any, ckpt_path: str) -> None:
     if saved is NOT_SAVED:
         return
     cli.config = cli.parser.parse_object({cli.subcommand: {"trainer": {"logger": saved}}}, cli.config)
-    logger = logger_namespace(cli.config[cli.subcommand])
-    if logger is not None and run_dir is not None:
-        reopen_run(logger, run_dir)
+    if run_dir is not None:
+        for logger in logger_namespaces(cli.config[cli.subcommand]):
+            reopen_run(logger, run_dir)
 
 
 def _run_dir_without_logger(cli: Any, config: Namespace, writes_logs: bool) -> None:

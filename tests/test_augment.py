@@ -210,3 +210,26 @@ def test_a_resume_refuses_another_augmentation_naming_the_setting(augmented_run:
     assert ("resuming with data.augment.init_args.rotation=4.0, but the checkpoint was trained with "
             "data.augment.init_args.rotation=8.0") in result.stderr
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+CROPPING_AUGMENT = '''
+import torch
+from mnist_lightning.data import BatchAugment
+
+
+class Crop(BatchAugment):
+    """A user's augmentation that (wrongly) returns smaller images."""
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return images[..., 2:-2, 2:-2]
+'''
+
+
+def test_an_augmentation_that_changes_the_batch_shape_is_one_line(shared_tiny_data: Path, tmp_path: Path) -> None:
+    (tmp_path / "my_augment.py").write_text(CROPPING_AUGMENT)
+    result = run_cli("fit", "--data.data_dir", str(shared_tiny_data), *TINY_ARGS, "--data.augment", "my_augment.Crop",
+                     cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: data.augment my_augment.Crop turned a batch (64, 1, 28, 28)"), last
+    assert "(64, 1, 24, 24)" in last and "shape and dtype it was given" in last

@@ -66,3 +66,17 @@ def test_validate_on_a_refit_checkpoint_says_there_is_nothing_to_validate(shared
     assert result.returncode == 2
     assert "data.val_size is 0: this run holds out no validation images" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_schedule_that_steps_on_validation_is_refused_before_a_refit_trains(shared_tiny_data: Path,
+                                                                               tmp_path: Path) -> None:
+    """ReduceLROnPlateau watches val/loss, which a refit never logs: refused before the first step (Lightning's
+    own error comes only after a whole epoch), and no run folder is left."""
+    args = [a for a in TINY_ARGS if a not in ("--data.val_size", "100")]
+    result = run_cli("fit", "--data.data_dir", str(shared_tiny_data), *args, "--config", REFIT,
+                     "--model.lr_scheduler", "torch.optim.lr_scheduler.ReduceLROnPlateau", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: model.lr_scheduler ReduceLROnPlateau steps on val/loss"), last
+    assert "data.val_size 0 runs no validation" in last
+    assert not list(tmp_path.glob("lightning_logs/*/checkpoints/*.ckpt"))

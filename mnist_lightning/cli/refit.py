@@ -17,6 +17,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import pytorch_lightning as pl
+
+from mnist_lightning.errors import UserInputError
+
 BEST_VAL = "best-val"
 REFIT_LAST = "refit-last"
 
@@ -44,10 +48,26 @@ def watches_validation(callback: Any) -> bool:
 
 def without_validation_watchers(callbacks: Sequence[Any], reason: str) -> tuple[list[Any], str | None]:
     """The callbacks that still have work without validation, and the line that says which stepped aside."""
-    kept = [c for c in callbacks if not watches_validation(c)]
+    kept = [*(c for c in callbacks if not watches_validation(c)), NoMetricSchedules(reason)]
     aside = [c for c in callbacks if watches_validation(c)]
     if not aside:
         return kept, None
     names = ", ".join(f"{type(c).__name__}(monitor={c.monitor!r})" for c in aside)
     return kept, (f"{reason}: no validation runs, so {names} step{'s' if len(aside) == 1 else ''} aside; "
                   "the model is the last epoch's checkpoint, last.ckpt.")
+
+
+class NoMetricSchedules(pl.Callback):
+    """Refuses, before the first step, a schedule that steps on a validation metric (`ReduceLROnPlateau`) in a
+    fit that runs no validation: Lightning would only say so at the end of the first epoch."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for config in trainer.lr_scheduler_configs:
+            if config.monitor is not None:
+                raise UserInputError(
+                    f"model.lr_scheduler {type(config.scheduler).__name__} steps on {config.monitor}, but "
+                    f"{self.reason} runs no validation: choose a schedule that watches no metric (e.g. "
+                    "mnist_lightning.models.OneCycle), or hold out validation images.")

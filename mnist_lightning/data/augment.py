@@ -28,6 +28,7 @@ import torch
 from jsonargparse.typing import NonNegativeFloat, restricted_number_type
 from torch.nn import functional as F
 
+from mnist_lightning.errors import UserInputError
 from mnist_lightning.types import UnitShare
 
 # The ranges `--data.augment.help` shows, refused outside them by the CLI.
@@ -157,6 +158,11 @@ class TrainingAugmentation:
     def __call__(self, batch: Any, rank: int, epoch: int, index: int) -> Any:
         """A batch `(images, labels, ...)` (tuple or list, as the collate function made it) with its images augmented."""
         images = self.images(batch[0], rank, epoch, index)
+        if images.shape != batch[0].shape or images.dtype != batch[0].dtype:
+            name = f"{type(self.augment).__module__}.{type(self.augment).__qualname__}"
+            raise UserInputError(f"data.augment {name} turned a batch {tuple(batch[0].shape)} {batch[0].dtype} into "
+                                 f"{tuple(images.shape)} {images.dtype}: a BatchAugment must return images of the "
+                                 "shape and dtype it was given.")
         return type(batch)((images, *batch[1:]))
 
 

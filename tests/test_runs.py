@@ -45,7 +45,7 @@ def _last(run_dir: Path) -> Path:
     return run_dir / "checkpoints" / "last.ckpt"
 
 
-# ------------------------------------------------------------------------------ one folder per run (14.2)
+# ------------------------------------------------------------------------------ one folder per run
 # Two `fit` processes started together, in one folder: the default config on a real console, and the best
 # recipe's settings (bf16 precision, deskewing). Shared by the race for a run folder (between processes)
 # and the two console tests (warnings reach a real console once each, where in this process pytest records
@@ -215,7 +215,7 @@ def test_the_best_recipes_settings_keep_the_console_quiet(fits_started_together)
     assert "Best checkpoint" in console
 
 
-# ------------------------------------------------------------------------------ resume keeps what the checkpoint fixes (14.3)
+# ------------------------------------------------------------------------------ resume keeps what the checkpoint fixes
 @pytest.fixture(scope="module")
 def onecycle_run(tmp_path_factory: pytest.TempPathFactory, shared_tiny_data: Path) -> Path:
     """A 2-epoch fit with a schedule that spans the run, trained once for the refusals below (which write nothing)."""
@@ -272,7 +272,7 @@ def test_a_resume_may_change_the_number_of_epochs_of_a_constant_rate_and_logging
     assert torch.load(_last(run_dir), weights_only=True)["epoch"] == 2
 
 
-# ------------------------------------------------------------------------------ evaluation keeps the run's split (14.4)
+# ------------------------------------------------------------------------------ evaluation keeps the run's split
 def test_validate_reproduces_fits_val_acc_with_a_non_default_split(shared_tiny_data, tmp_path):
     tiny_data = shared_tiny_data
     _fit(tmp_path, tiny_data, "--data.split_seed", "7", "--data.val_size", "150", epochs=1)
@@ -289,7 +289,7 @@ def test_validate_reproduces_fits_val_acc_with_a_non_default_split(shared_tiny_d
         assert refused.returncode == 2 and option.removeprefix("--") in refused.stderr
 
 
-# ------------------------------------------------------------------------------ evaluating nothing (14.5)
+# ------------------------------------------------------------------------------ evaluating nothing
 @pytest.mark.parametrize("subcommand", ["test", "validate", "predict"])
 def test_evaluating_without_a_checkpoint_is_refused_unless_asked_for(subcommand, shared_tiny_data, tmp_path):
     tiny_data = shared_tiny_data

@@ -1,4 +1,4 @@
-"""A user's own parts (issue 18, "Open for extension"): a net written in the user's own file, outside
+"""A user's own parts: a net written in the user's own file, outside
 the package, and any torch optimizer and schedule, all by class path on the command line. Every
 safeguard works for them as for the default MLP: the printed test command, predict, load_from_checkpoint,
 ONNX export parity, the HPARAMS row, a resume's refusal of a changed setting.

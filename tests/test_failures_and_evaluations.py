@@ -1,4 +1,4 @@
-"""Hardening, round 3 (issue 20): evaluation never erases a run's curves, a run without a logger works,
+"""Evaluation never erases a run's curves, a run without a logger works,
 every printed command works when pasted, and what a user can fix ends in one line, leaving no empty run folder.
 
 Through the real entry point (`run_cli`, in this process) except where a pasted command is the subject
@@ -65,10 +65,10 @@ def _printed(output: str, prefix: str) -> str:
     return next(line for line in output.splitlines() if prefix in line).split(prefix, 1)[1]
 
 
-# ------------------------------------------------------------------------------ 1. evaluation keeps the curves
+# ------------------------------------------------------------------------------ evaluation keeps the curves
 def test_validate_and_test_leave_every_curve_of_the_run_as_it_was(trained_run_copy):
     """`validate` and `test` log into the checkpoint's run: at the checkpoint's step, under tags the fit never
-    writes. Before: at step 0, with an `epoch` scalar, so TensorBoard showed `epoch`, `val/acc`, `val/loss`,
+    writes; logged at step 0 with an `epoch` scalar, TensorBoard would show `epoch`, `val/acc`, `val/loss`,
     `val/acc_best` and the validation figures as one point."""
     run_dir, best = trained_run_copy.run_dir, trained_run_copy.best
     step = torch.load(best, weights_only=True)["global_step"]
@@ -88,7 +88,7 @@ def test_validate_and_test_leave_every_curve_of_the_run_as_it_was(trained_run_co
     assert after["hp/test_acc"] == [0]  # the HPARAMS tab's metric (a tag of its own)
 
 
-# ------------------------------------------------------------------------------ 4. printed commands, pasted
+# ------------------------------------------------------------------------------ printed commands, pasted
 @pytest.mark.slow  # two real processes: the pasted commands are the subject
 def test_the_resume_line_and_the_commands_after_it_work_pasted_into_a_shell_with_an_awkward_path(shared_tiny_data,
                                                                                                   tmp_path):
@@ -111,7 +111,7 @@ def test_the_resume_line_and_the_commands_after_it_work_pasted_into_a_shell_with
     assert re.search(r"Got \d+ / 200 with accuracy", tested.stdout)
 
 
-# ------------------------------------------------------------------------------ 5. no logger
+# ------------------------------------------------------------------------------ no logger
 def test_fit_without_a_logger_works_with_the_default_config_in_a_run_folder_of_its_own(shared_tiny_data, tmp_path):
     """`--trainer.logger false`: LearningRateMonitor steps aside (said once) instead of stopping the run; the
     checkpoints and configs go into lightning_logs/version_N, not ./checkpoints and ./config.yaml; the resume,
@@ -143,7 +143,7 @@ def test_fit_without_a_logger_works_with_the_default_config_in_a_run_folder_of_i
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lightning_logs"]
 
 
-# ------------------------------------------------------------------------------ 6. one line, not a traceback
+# ------------------------------------------------------------------------------ one line, not a traceback
 @pytest.mark.parametrize("file", ["config.yaml", "events.out.tfevents"])
 def test_a_full_disk_before_the_first_checkpoint_is_one_line_and_leaves_no_run_folder(file, shared_tiny_data,
                                                                                       tmp_path, monkeypatch):
@@ -175,7 +175,8 @@ def test_devices_a_cpu_cannot_have_are_one_line_and_leave_no_run_folder(devices,
 
 
 def test_an_early_stopping_monitor_never_logged_is_one_line_and_the_epoch_is_saved(shared_tiny_data, tmp_path):
-    """Before: EarlyStopping's RuntimeError with a traceback after the first epoch, whose last.ckpt was lost."""
+    """Not EarlyStopping's RuntimeError with a traceback after the first epoch: one line, and that epoch's last.ckpt
+    is kept."""
     result = _fit(tmp_path, shared_tiny_data, "--trainer.callbacks+=EarlyStopping",
                   "--trainer.callbacks.monitor", "val/accuracy", epochs=2)
     assert result.returncode == 2, result.stderr
@@ -185,7 +186,7 @@ def test_an_early_stopping_monitor_never_logged_is_one_line_and_the_epoch_is_sav
     assert torch.load(last, weights_only=True)["epoch"] == 0  # the finished epoch, saved before stopping
 
 
-# ------------------------------------------------------------------------------ 7. smaller ones
+# ------------------------------------------------------------------------------ smaller ones
 def test_an_optimizer_refused_before_training_leaves_no_empty_run_folder(shared_tiny_data, tmp_path):
     result = _fit(tmp_path, shared_tiny_data, "--model.optimizer.init_args.lr", "0")
     assert result.returncode == 2 and "lr" in _error_line(result.stderr)
@@ -218,9 +219,8 @@ def _csv_rows(run_dir: Path) -> list[dict[str, str]]:
 
 def test_an_evaluation_of_a_csv_run_adds_rows_to_its_metrics_csv(shared_tiny_data, tmp_path):
     """`test` with the default config and `validate --trainer.logger CSVLogger` on a CSV run's checkpoint log
-    with the run's own logger into its folder, after the fit's rows. Before: `test` wrote a TensorBoard event
-    file into the run, and `--trainer.logger CSVLogger` a new version_1 (or, pointed at the run, Lightning's
-    CSVLogger deleted its metrics.csv)."""
+    with the run's own logger into its folder, after the fit's rows: no TensorBoard event file in a CSV run, no new
+    version_1, and the run's metrics.csv is not deleted (as Lightning's CSVLogger would, pointed at the run)."""
     fit = _fit(tmp_path, shared_tiny_data, "--trainer.logger", "CSVLogger", "--trainer.limit_train_batches", "2")
     assert fit.returncode == 0, fit.stderr
     run_dir = tmp_path / "lightning_logs" / "version_0"
@@ -239,8 +239,8 @@ def test_an_evaluation_of_a_csv_run_adds_rows_to_its_metrics_csv(shared_tiny_dat
 
 
 def test_a_resumed_csv_run_keeps_the_rows_of_its_earlier_epochs(shared_tiny_data, tmp_path):
-    """Before: Lightning's CSVLogger deleted the metrics.csv of the folder it reopened (and the run's config did not
-    record its version, so `--ckpt_path last` found no run to resume)."""
+    """Lightning's CSVLogger would delete the metrics.csv of the folder it reopens; the run's config records its
+    version, so `--ckpt_path last` finds the run to resume."""
     fit = _fit(tmp_path, shared_tiny_data, "--trainer.logger", "CSVLogger", "--trainer.limit_train_batches", "2",
                epochs=2)
     assert fit.returncode == 0, fit.stderr

@@ -32,6 +32,12 @@ class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+def best_checkpoint(trainer: pl.Trainer) -> ModelCheckpoint | None:
+    """The run's ModelCheckpoint that has saved a best model (its `best_model_path` and score), or None."""
+    return next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.best_model_path),
+                None)
+
+
 def checkpoint_dir(trainer: pl.Trainer) -> Path:
     """Where the run's checkpoints go: the first ModelCheckpoint's folder, else <log_dir>/checkpoints."""
     for callback in trainer.checkpoint_callbacks:

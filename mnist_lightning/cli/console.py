@@ -10,9 +10,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from jsonargparse import Namespace
-from pytorch_lightning.callbacks import ModelCheckpoint
 
-from mnist_lightning.callbacks.resume import ResumeCheckpoint
+from mnist_lightning.callbacks.resume import ResumeCheckpoint, best_checkpoint
 from mnist_lightning.cli.failures import DISK_FULL
 from mnist_lightning.cli.refit import no_validation_reason
 from mnist_lightning.commands import mnist_command
@@ -64,8 +63,7 @@ def quiet_console() -> Iterator[None]:
 def report_fit(trainer: Any, datamodule: Any, checkpoint: dict[str, Any] | None, test_command: Any) -> None:
     """After `fit`: why nothing trained, if nothing did; the best and last checkpoints; the test command."""
     say_why_nothing_trained(trainer, checkpoint)
-    callback = next((c for c in trainer.checkpoint_callbacks
-                     if isinstance(c, ModelCheckpoint) and c.best_model_path), None)
+    callback = best_checkpoint(trainer)
     if callback is not None:
         score = callback.best_model_score
         score_text = f" ({callback.monitor} {float(score):.4f})" if score is not None else ""

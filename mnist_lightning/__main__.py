@@ -14,7 +14,8 @@ from __future__ import annotations
 import signal
 import sys
 
-if __name__ == "__main__":  # Ctrl+C while torch and Lightning load (seconds): exit quietly, not mid-import with a traceback
+# Ctrl+C while torch and Lightning load (seconds): exit quietly, not mid-import with a traceback.
+if __name__ == "__main__":
     signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(128 + signum))
 
 import os
@@ -52,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except TrainingInterrupted as stop:  # saved, and the resume command printed: a further Ctrl+C must not break the exit
+    except TrainingInterrupted as stop:  # saved, resume command printed: a further Ctrl+C must not break the exit
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         return int(stop.code)
     except KeyboardInterrupt:

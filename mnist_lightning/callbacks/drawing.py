@@ -156,7 +156,8 @@ def grid_layout(n: int, height: int, width: int, preds: Sequence[int], targets: 
 
 def image_grid(images: torch.Tensor, preds: Sequence[int], targets: Sequence[int], classes: Sequence[str],
                probs: Sequence[float] | None = None, columns: int = 8, zoom: int = 2) -> Image.Image:
-    """Images (N, 1, H, W) tiled `columns` wide, each labelled with its predicted and true class (and `probs`); mistakes in red.
+    """Images (N, 1, H, W) tiled `columns` wide, each labelled with its predicted and true class (and `probs`);
+    mistakes in red.
 
     Drawn with PIL rather than matplotlib: a grid of 32 labelled digits takes milliseconds, not a
     large part of a second.
@@ -179,7 +180,8 @@ def image_grid(images: torch.Tensor, preds: Sequence[int], targets: Sequence[int
 
 def sample_layout(n: int, height: int, width: int, labels: Sequence[int], classes: Sequence[str], legend: str,
                   columns: int = 8, zoom: int = 2,
-                  f: ImageFont.ImageFont | ImageFont.FreeTypeFont | None = None) -> tuple[Layout, list[tuple[int, int]]]:
+                  f: ImageFont.ImageFont | ImageFont.FreeTypeFont | None = None,
+                  ) -> tuple[Layout, list[tuple[int, int]]]:
     """The layout of `sample_grid`: a legend, then each image under its class name, cells as wide as the longest."""
     names = [_name(c) for c in classes]
     cells = [[(names[labels[i]], "black")] for i in range(n)]
@@ -204,12 +206,14 @@ def sample_grid(images: torch.Tensor, labels: Sequence[int], classes: Sequence[s
     _draw(grid, layout, f)
     shown = _shown(images)
     for i, corner in enumerate(tiles):
-        grid.paste(Image.fromarray(shown[i].numpy()).resize((width * zoom, height * zoom), Image.Resampling.NEAREST), corner)
+        tile = Image.fromarray(shown[i].numpy()).resize((width * zoom, height * zoom), Image.Resampling.NEAREST)
+        grid.paste(tile, corner)
     return grid
 
 
 def confusion_layout(counts: torch.Tensor, classes: Sequence[str],
-                     f: ImageFont.ImageFont | ImageFont.FreeTypeFont | None = None) -> tuple[Layout, int, tuple[int, int]]:
+                     f: ImageFont.ImageFont | ImageFont.FreeTypeFont | None = None,
+                     ) -> tuple[Layout, int, tuple[int, int]]:
     """The layout of `confusion_figure`, its cell side and the matrix's top-left corner.
 
     Row labels (true class) are right-aligned left of the rows; column labels (predicted class) sit

@@ -22,7 +22,9 @@ class EvaluationStep(pl.Callback):
     def __init__(self) -> None:
         self._checkpoint_step = 0
 
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         self._checkpoint_step = int(checkpoint.get("global_step") or 0)
 
     def _step(self, trainer: pl.Trainer) -> float:

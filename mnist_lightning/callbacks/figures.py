@@ -1,7 +1,7 @@
 """TensorBoard figures: what the net gets wrong at each validation epoch end, and what it is fed.
 
-Add `ValidationFigures` to the trainer's callbacks (the default config, mnist_lightning/default.yaml, does) and open the IMAGES
-tab of `tensorboard --logdir lightning_logs`:
+Add `ValidationFigures` to the trainer's callbacks (the default config, mnist_lightning/default.yaml, does) and
+open the IMAGES tab of `tensorboard --logdir lightning_logs`:
 
 * ``val/predictions``: the first validation images (the same ones every epoch), each labelled
   ``predicted/true``; the mistakes are framed in red.
@@ -108,7 +108,8 @@ class ValidationFigures(Callback):
         with torch.no_grad():
             confidence = pl_module(x).softmax(dim=1).gather(1, preds[:, None])[:, 0].float()
         new = (x.detach().cpu(), confidence.cpu(), preds.cpu(), targets.cpu())
-        merged = new if self._mistakes is None else tuple(torch.cat(pair) for pair in zip(self._mistakes, new, strict=True))
+        old = self._mistakes
+        merged = new if old is None else tuple(torch.cat(pair) for pair in zip(old, new, strict=True))
         order = merged[1].argsort(descending=True)[: self.num_images]
         self._mistakes = tuple(t[order] for t in merged)
 
@@ -137,7 +138,9 @@ class ValidationFigures(Callback):
         self._first, self._mistakes = None, None
         self.seconds += time.perf_counter() - start
 
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         self._checkpoint_step = int(checkpoint.get("global_step") or 0)
 
     def _where(self, trainer: pl.Trainer) -> tuple[int, str]:

@@ -46,7 +46,9 @@ class HparamsRow(pl.Callback):
         self.best_metric, self.test_metric = best_metric, test_metric
         self._checkpoint_step = 0
 
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         self._checkpoint_step = int(checkpoint.get("global_step") or 0)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -115,7 +115,9 @@ class ResumeCheckpoint(Checkpoint):
         return trainer.strategy.reduce_boolean_decision(self._received is not None, all=False)
 
     # --------------------------------------------------------------------------- per batch
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._batches_done = batch_idx + 1  # (FastMNISTClassifier: the index of the last batch the call trained on)
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):

@@ -27,7 +27,9 @@ class RunState(pl.Callback):
     def __init__(self) -> None:
         self._saved_schedule_steps: int | None = None
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
@@ -38,7 +40,9 @@ class RunState(pl.Callback):
         if spans:
             checkpoint["schedule_steps"] = int(trainer.estimated_stepping_batches)
 
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         steps = checkpoint.get("schedule_steps")
         self._saved_schedule_steps = int(steps) if checkpoint.get("schedule_spans_run") and steps is not None else None
         rng = checkpoint.get("rng_state")

@@ -18,7 +18,9 @@ from mnist_lightning.errors import CheckpointError, first_line
 LAST_CHECKPOINT = "last.ckpt"
 
 
-def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu", allow_bare_state_dict: bool = False) -> dict[str, Any]:
+def load_checkpoint_file(
+    path: str | os.PathLike, map_location: Any = "cpu", allow_bare_state_dict: bool = False
+) -> dict[str, Any]:
     """Read a checkpoint with `weights_only=True`; every failure becomes a CheckpointError naming the file.
 
     `allow_bare_state_dict`: also accept a plain {name: tensor} dict, which is how Lightning's
@@ -26,7 +28,8 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu", all
     """
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a folder: pass a .ckpt file inside it (e.g. {path / LAST_CHECKPOINT}).")
+        raise CheckpointError(
+            f"checkpoint {path} is a folder: pass a .ckpt file inside it (e.g. {path / LAST_CHECKPOINT}).")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (or is not a file).")
     if path.stat().st_size == 0:
@@ -48,7 +51,8 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu", all
             f"checkpoint {path} is truncated or corrupt ({first_line(err)}); "
             "use another checkpoint of the run (e.g. last.ckpt or the best one)."
         ) from None
-    bare = allow_bare_state_dict and isinstance(checkpoint, dict) and all(isinstance(v, torch.Tensor) for v in checkpoint.values())
+    tensors_only = isinstance(checkpoint, dict) and all(isinstance(v, torch.Tensor) for v in checkpoint.values())
+    bare = allow_bare_state_dict and tensors_only
     if bare:
         return checkpoint
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict) \

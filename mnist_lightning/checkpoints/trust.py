@@ -24,7 +24,8 @@ from typing import Any
 from mnist_lightning.errors import CheckpointError
 
 # The only function Lightning's `load_from_checkpoint` may import from a checkpoint's `_instantiator`.
-TRUSTED_INSTANTIATORS = frozenset({"pytorch_lightning.cli.instantiate_module", "lightning.pytorch.cli.instantiate_module"})
+TRUSTED_INSTANTIATORS = frozenset(
+    {"pytorch_lightning.cli.instantiate_module", "lightning.pytorch.cli.instantiate_module"})
 
 
 def resolve_class_path(class_path: str) -> Any:

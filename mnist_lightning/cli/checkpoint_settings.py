@@ -38,7 +38,8 @@ def mismatch(subcommand: str, key: str, given: Any, saved: Any) -> str:
 
 
 def data_settings_from_checkpoint(checkpoint: dict[str, Any], datamodule_class: type, subcommand: str,
-                                  given: Namespace, defaults: Namespace, on_command_line: OnCommandLine) -> dict[str, Any]:
+                                  given: Namespace, defaults: Namespace, on_command_line: OnCommandLine,
+                                  ) -> dict[str, Any]:
     """The data settings to take from the checkpoint; a different explicit value is an error.
 
     LightningCLI restores only the model's hyperparameters; a model trained with normalised input

@@ -32,7 +32,8 @@ RUN_PREFIX = "version_"
 NO_LOGGER_ROOT = "lightning_logs"  # where runs without a logger get their folders (default_root_dir unset)
 # The loggers that keep a run in `<save_dir>/<name>/version_N/`: the folder the run's checkpoints go to.
 VERSIONED_LOGGERS = (TensorBoardLogger, CSVLogger)
-KEEPS_CSV_ROWS = "mnist_lightning.loggers.AppendingCSVLogger"  # Lightning's CSVLogger, but keeping a reopened run's rows
+# Lightning's CSVLogger, but keeping a reopened run's rows.
+KEEPS_CSV_ROWS = "mnist_lightning.loggers.AppendingCSVLogger"
 NOT_SAVED = object()  # logger_of_run: the folder holds no saved config (a saved logger may be false or null)
 FRESH_START = "Start a new run with the same settings by adding --trainer.logger.init_args.version null."
 
@@ -183,7 +184,8 @@ def resolve_ckpt_path(subcommand: str, config: Namespace) -> str | None:
         return ckpt_path
     logger = logger_namespace(config)
     version = logger.init_args.get("version") if logger is not None else None
-    run_dir = config.trainer.get("default_root_dir") if has_no_logger(config) else None  # see claim_run_dir_without_logger
+    # see claim_run_dir_without_logger
+    run_dir = config.trainer.get("default_root_dir") if has_no_logger(config) else None
     if version is None and run_dir is None:
         raise UserInputError(
             f"--ckpt_path {ckpt_path}: nothing to resume or evaluate without the run it belongs to. Pass the run's "

@@ -46,7 +46,8 @@ def trainer_callbacks(trainer_config: Any, subcommand: str, datamodule: Any, pre
     every step, which costs more than a step of this net), predict's table, the refit protocol's changes,
     and without the callbacks that need a logger when there is none."""
     callbacks = as_list(trainer_config.get("callbacks"))
-    if trainer_config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+    has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
+    if trainer_config.get("enable_progress_bar") is not False and not has_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS))
     if subcommand == "predict":
         callbacks.append(PredictionTable(csv_path=predictions_csv))

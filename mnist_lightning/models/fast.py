@@ -62,7 +62,8 @@ class FastMNISTClassifier(MNISTClassifier):
         hook of the module, and its message does not say which class to use instead.
         """
         if trainer.gradient_clip_val:
-            raise UserInputError(f"trainer.gradient_clip_val needs Lightning's automatic optimisation: use {IDIOMATIC}.")
+            raise UserInputError(
+                f"trainer.gradient_clip_val needs Lightning's automatic optimisation: use {IDIOMATIC}.")
         if trainer.accumulate_grad_batches != 1:
             raise UserInputError(
                 f"trainer.accumulate_grad_batches needs Lightning's automatic optimisation: use {IDIOMATIC}."

@@ -37,7 +37,8 @@ class MLP(nn.Module):
     ):
         super().__init__()
         if not hidden_sizes or any(isinstance(h, bool) or not isinstance(h, int) or h <= 0 for h in hidden_sizes):
-            raise UserInputError(f"MLP hidden_sizes must be a non-empty list of positive integers; got {hidden_sizes!r}.")
+            raise UserInputError(
+                f"MLP hidden_sizes must be a non-empty list of positive integers; got {hidden_sizes!r}.")
         layers: list[nn.Module] = [nn.Flatten()]
         if input_dropout > 0:
             layers.append(nn.Dropout(float(input_dropout)))

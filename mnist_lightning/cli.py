@@ -350,7 +350,8 @@ class MNISTLightningCLI(LightningCLI):
             # Lightning's default bar redraws every step, which costs more than a step of this net.
             callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS))
         if self.subcommand == "predict":
-            callbacks.append(PredictionTable(csv_path=_section(self.config, self.subcommand).get("predictions_csv")))
+            predict = _section(self.config, self.subcommand)
+            callbacks.append(PredictionTable(csv_path=predict.get("predictions_csv"), ckpt_path=predict.get("ckpt_path")))
         no_validation = refit.no_validation_reason(self.datamodule, trainer_config.get("limit_val_batches"))
         if self.subcommand == "fit" and no_validation:  # the refit protocol (refit.py): no validation to watch
             callbacks, line = refit.without_validation_watchers(callbacks, no_validation)

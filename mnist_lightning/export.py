@@ -14,8 +14,9 @@ The ONNX check needs onnxruntime; without it the file is written and the check i
 
 The export is serialised in memory, then written with `resume.write_atomically` (temporary file,
 fsync, rename): a full disk or a crash never leaves a truncated file over a good one, and an
-output that is the checkpoint itself (by name, link or default name) is refused before anything is
-written. Nothing else is written: no log folder.
+output that is the checkpoint itself (by name, link or default name), another checkpoint or a run's
+record (`config.yaml`, ...: mnist_lightning/outputs.py) is refused before anything is written. A
+previous export is replaced. Nothing else is written: no log folder.
 
 TorchScript is deprecated upstream in recent PyTorch releases (its FutureWarnings are silenced
 here); it still loads with `torch.jit.load` and needs no Python class. ONNX is the portable choice.
@@ -42,6 +43,7 @@ from mnist_lightning.errors import CheckpointError, UserInputError, first_line
 from mnist_lightning.fast import FastMNISTClassifier  # noqa: F401 - imported, so checkpoint_class finds it
 from mnist_lightning.idx import DATASETS
 from mnist_lightning.model import MNISTClassifier
+from mnist_lightning.outputs import refuse_run_file, what_a_run_owns
 from mnist_lightning.resume import load_checkpoint_file
 
 FORMATS = ("torchscript", "onnx")
@@ -123,7 +125,8 @@ def input_description(data_hparams: dict[str, Any]) -> str:
 
 
 def output_path(ckpt_path: str | Path, fmt: str, output: str | Path | None) -> Path:
-    """Where to write: `output`, or the checkpoint's path with the format's suffix; never the checkpoint itself."""
+    """Where to write: `output`, or the checkpoint's path with the format's suffix; never the checkpoint itself,
+    another checkpoint or a run's record (mnist_lightning/outputs.py)."""
     ckpt = Path(ckpt_path)
     default = output is None or str(output) == ""
     target = ckpt.with_suffix(SUFFIXES[fmt]) if default else Path(output)
@@ -135,6 +138,10 @@ def output_path(ckpt_path: str | Path, fmt: str, output: str | Path | None) -> P
         suggestion = ckpt.with_name(f"{ckpt.stem}-{fmt}{SUFFIXES[fmt]}")
         raise UserInputError(f"{which} is the checkpoint {ckpt} itself, which the export would overwrite: "
                              f"pass another --output, e.g. {suggestion}.")
+    beside = ckpt.with_suffix(SUFFIXES[fmt])
+    suggestion = beside if beside != target and what_a_run_owns(beside) is None else ckpt.with_name(
+        f"{ckpt.stem}-{fmt}{SUFFIXES[fmt]}")
+    refuse_run_file(target, "--output", suggestion, ckpt, given=not default)
     return target
 
 

@@ -22,6 +22,7 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from mnist_lightning.atomic import write_atomically
 from mnist_lightning.errors import UserInputError
 from mnist_lightning.images import display_name
+from mnist_lightning.outputs import refuse_run_file
 
 CSV_HEADER = ("file", "prediction", "probability")
 
@@ -32,10 +33,17 @@ class PredictionTable(BasePredictionWriter):
     Args:
         csv_path: also write the rows to this CSV file (its folder is created). It is written
             whole or not at all (temporary file, then rename), UTF-8, names as `display_name` shows them.
+            A previous CSV there is replaced; a checkpoint or a run's record is refused at once
+            (mnist_lightning/outputs.py).
+        ckpt_path: the checkpoint that predict reads, which the CSV must not replace either.
     """
 
-    def __init__(self, csv_path: str | None = None) -> None:
+    def __init__(self, csv_path: str | None = None, ckpt_path: str | None = None) -> None:
         super().__init__(write_interval="epoch")
+        if csv_path:
+            path = Path(csv_path)
+            suggestion = path.with_name("predictions.csv" if path.name != "predictions.csv" else "predictions-1.csv")
+            refuse_run_file(path, "--predictions_csv", suggestion, ckpt_path)
         self.csv_path = csv_path
         self.rows: list[tuple[str, str, float]] = []  # (file or index, class name, probability), kept for callers
 

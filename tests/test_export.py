@@ -228,6 +228,32 @@ def test_a_failing_write_leaves_the_previous_export_intact(trained_run: TrainedR
     _torchscript(target)  # still a loadable model
 
 
+def test_export_never_overwrites_a_checkpoint_or_a_record_of_the_run(trained_run_copy: TrainedRun,
+                                                                    tmp_path: Path) -> None:
+    """--output onto the run's other checkpoint, a checkpoint under another name, or a file the run keeps its
+    record in: refused before anything is written, every file as it was. A previous export is replaced."""
+    run, last = trained_run_copy.run_dir, trained_run_copy.last
+    (run / "metrics.csv").write_text("epoch,step,val/acc\n0,8,0.5\n")  # as a CSV-logger run keeps it
+    torch.save(load_checkpoint_file(last)["state_dict"], tmp_path / "weights.pt")
+    (tmp_path / "best.onnx").symlink_to(trained_run_copy.best)
+    owned = {trained_run_copy.best: "is a checkpoint", tmp_path / "weights.pt": "is a checkpoint",
+             tmp_path / "best.onnx": "is a checkpoint", run / "config.yaml": "is a run's config.yaml",
+             run / "hparams.yaml": "is a run's hparams.yaml", run / "metrics.csv": "is a run's metrics.csv",
+             next(run.glob("events.out.tfevents.*")): "is a run's events.out.tfevents."}
+    before = {path: path.read_bytes() for path in owned}
+    for path, what in owned.items():
+        result = _export(tmp_path, "--ckpt_path", str(last), "--format", "onnx", "--output", str(path))
+        _one_line_error(result, f"--output {path} {what}", "nothing was written", "pass another --output, e.g. --output")
+    assert {path: path.read_bytes() for path in owned} == before
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or p.suffix == ".onnx" and not p.is_symlink()]
+    # A previous export of the same format, and the default output beside the checkpoint, are replaced.
+    for _ in range(2):
+        assert _export(tmp_path, "--ckpt_path", str(last), "--format", "torchscript", "--output", "m.pt").returncode == 0
+        assert _export(tmp_path, "--ckpt_path", str(last), "--format", "torchscript").returncode == 0
+    _torchscript(tmp_path / "m.pt")
+    _torchscript(last.with_suffix(".pt"))
+
+
 # ------------------------------------------------------------------------------- any module class, any net
 @pytest.fixture(scope="module")
 def fast_checkpoint(tmp_path_factory, shared_tiny_data: Path) -> Path:
@@ -296,3 +322,4 @@ def test_a_net_of_your_own_exports_and_matches_the_checkpoint(cnn_checkpoint: Pa
     images = _test_images(shared_tiny_data)[:37]
     with torch.no_grad():
         assert torch.allclose(run(images), model(images), atol=TOLERANCE, rtol=0)
+

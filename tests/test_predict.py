@@ -425,6 +425,29 @@ def test_predict_reads_what_people_have_and_skips_what_it_cannot(trained_run: Tr
     assert rows[0] == CSV_HEADER and [r[0] for r in rows[1:]] == [row[0] for row in table]
 
 
+def test_the_csv_never_overwrites_a_checkpoint_or_a_record_of_the_run(trained_run_copy: TrainedRun,
+                                                                      tmp_path: Path) -> None:
+    """--predictions_csv onto the checkpoint predict reads, the run's other checkpoint or a file the run keeps
+    its record in: refused before predicting, every file as it was. A previous predictions CSV is replaced."""
+    run, last = trained_run_copy.run_dir, trained_run_copy.last
+    owned = {last: f"is the checkpoint {last} that this command reads", trained_run_copy.best: "is a checkpoint",
+             run / "config.yaml": "is a run's config.yaml", run / "hparams.yaml": "is a run's hparams.yaml",
+             next(run.glob("events.out.tfevents.*")): "is a run's events.out.tfevents."}
+    before = {path: path.read_bytes() for path in owned}
+    for path, what in owned.items():
+        result = _predict(tmp_path, trained_run_copy, "--predictions_csv", str(path))
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr and "test index" not in result.stdout  # nothing predicted
+        line = result.stderr.strip().splitlines()[-1]
+        assert line.startswith(f"error: --predictions_csv {path} {what}"), line
+        assert "nothing was written; pass another --predictions_csv, e.g. --predictions_csv" in line, line
+    assert {path: path.read_bytes() for path in owned} == before
+    assert not [p for p in tmp_path.rglob("*.tmp")]
+    for _ in range(2):  # a previous predictions CSV is replaced
+        assert _predict(tmp_path, trained_run_copy, "--predictions_csv", "p.csv").returncode == 0
+    assert len(_csv(tmp_path / "p.csv")) == 201
+
+
 @pytest.mark.slow
 @pytest.mark.real_data
 def test_real_mnist_digits_saved_as_images_are_recognised(real_data: Path, tutorial_on_real_mnist: TutorialRun,

@@ -17,3 +17,13 @@ def first_line(err: BaseException) -> str:
     """The first line of an exception's message, or its type where the message is empty."""
     lines = str(err).strip().splitlines()
     return lines[0] if lines else type(err).__name__
+
+
+def causes(err: BaseException) -> list[BaseException]:
+    """`err` and the exceptions behind it (each one's cause, else its context), outermost first, each once."""
+    chain: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain

@@ -21,7 +21,7 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 
 from mnist_lightning.atomic import write_atomically
 from mnist_lightning.errors import UserInputError
-from mnist_lightning.images import display_name
+from mnist_lightning.images import console_name, display_name
 from mnist_lightning.outputs import refuse_run_file
 
 CSV_HEADER = ("file", "prediction", "probability")
@@ -69,7 +69,7 @@ class PredictionTable(BasePredictionWriter):
         if getattr(dataset, "summary", None):
             print(f"predicted {dataset.summary}", file=sys.stderr)
         for file, reason in getattr(dataset, "errors", []):
-            print(f"skipped {display_name(file)}: {reason}", file=sys.stderr)
+            print(f"skipped {console_name(file)}: {reason}", file=sys.stderr)
         if self.csv_path:
             self._write_csv(Path(self.csv_path))
 
@@ -91,10 +91,12 @@ class PredictionTable(BasePredictionWriter):
         return getattr(loader, "dataset", None)
 
     def _print_table(self, key: str) -> None:
-        width = max([len(key)] + [len(name) for name, _, _ in self.rows])
+        names = [console_name(name) for name, _, _ in self.rows]  # one row per file, whatever its name holds
+        width = max([len(key)] + [len(name) for name in names])
         label_width = max([len("prediction")] + [len(label) for _, label, _ in self.rows])
         lines = [f"{key:<{width}}  {'prediction':<{label_width}}  probability"]
-        lines += [f"{name:<{width}}  {label:<{label_width}}  {p:.4f}" for name, label, p in self.rows]
+        lines += [f"{name:<{width}}  {label:<{label_width}}  {p:.4f}" for name, (_, label, p) in zip(names, self.rows,
+                                                                                                     strict=True)]
         sys.stdout.write("\n".join(lines) + "\n")
         sys.stdout.flush()
 
@@ -108,12 +110,12 @@ class PredictionTable(BasePredictionWriter):
 
     def _write_csv(self, path: Path) -> None:
         if path.is_dir():
-            raise UserInputError(f"--predictions_csv {display_name(path)} is a folder: give a file name, "
-                                 f"e.g. {display_name(path / 'predictions.csv')}.")
+            raise UserInputError(f"--predictions_csv {console_name(path)} is a folder: give a file name, "
+                                 f"e.g. {console_name(path / 'predictions.csv')}.")
         data = self.csv_bytes()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise UserInputError(f"could not write --predictions_csv {display_name(path)}: {err.strerror or err}") from None
+            raise UserInputError(f"could not write --predictions_csv {console_name(path)}: {err.strerror or err}") from None
         write_atomically(path, lambda f: f.write(data), what="--predictions_csv")
-        print(f"Wrote {len(self.rows)} predictions to {display_name(path)}")
+        print(f"Wrote {len(self.rows)} predictions to {console_name(path)}")

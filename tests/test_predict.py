@@ -425,6 +425,26 @@ def test_predict_reads_what_people_have_and_skips_what_it_cannot(trained_run: Tr
     assert rows[0] == CSV_HEADER and [r[0] for r in rows[1:]] == [row[0] for row in table]
 
 
+def test_a_name_with_a_newline_or_a_terminal_escape_stays_on_its_row(trained_run: TrainedRun, tmp_path: Path) -> None:
+    """The console shows such a name escaped (`\\n`, `\\x1b`), one row per file; the CSV keeps the true name."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    names = ["a_seven.png", "b_seven\nc_fake.png", "d\tseven\x1b[31m.png"]
+    for name in names:
+        seven().save(folder / name, format="PNG")
+    (folder / "e_notes\nf_fake.png").write_text("not an image at all\n")
+    result = _predict(tmp_path, trained_run, "--data.predict_path", str(folder), "--predictions_csv", "p.csv")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split() == ["file", "prediction", "probability"])
+    rows = [line.split() for line in lines[header + 1 : header + 1 + len(names)]]
+    assert [row[0] for row in rows] == [f"{folder}/a_seven.png", f"{folder}/b_seven\\nc_fake.png",
+                                        f"{folder}/d\\tseven\\x1b[31m.png"]
+    assert all(len(row) == 3 for row in rows) and "\x1b" not in result.stdout + result.stderr
+    assert f"skipped {folder}/e_notes\\nf_fake.png: not an image" in result.stderr
+    assert [r[0] for r in _csv(tmp_path / "p.csv")[1:]] == [str(folder / name) for name in names]
+
+
 def test_the_csv_never_overwrites_a_checkpoint_or_a_record_of_the_run(trained_run_copy: TrainedRun,
                                                                       tmp_path: Path) -> None:
     """--predictions_csv onto the checkpoint predict reads, the run's other checkpoint or a file the run keeps

@@ -1,5 +1,9 @@
 """Errors that describe a user's mistake; the CLI prints them as one message, without a traceback."""
 
+from __future__ import annotations
+
+from collections.abc import Iterator
+
 
 class UserInputError(ValueError):
     """A bad path, file, value or checkpoint: the message names the problem and the fix."""
@@ -19,11 +23,10 @@ def first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def causes(err: BaseException) -> list[BaseException]:
-    """`err` and the exceptions behind it (each one's cause, else its context), outermost first, each once."""
-    chain: list[BaseException] = []
-    current: BaseException | None = err
-    while current is not None and all(current is not seen for seen in chain):
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
+def exception_chain(err: BaseException | None) -> Iterator[BaseException]:
+    """`err` and the exceptions behind it (its causes and contexts), each once."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        yield err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__

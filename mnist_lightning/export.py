@@ -40,7 +40,7 @@ from torch import nn
 from mnist_lightning import onnx_refusals
 from mnist_lightning.atomic import write_atomically
 from mnist_lightning.deskew import Deskew
-from mnist_lightning.errors import CheckpointError, UserInputError, causes, first_line
+from mnist_lightning.errors import CheckpointError, UserInputError, exception_chain, first_line
 from mnist_lightning.fast import FastMNISTClassifier  # noqa: F401 - imported, so checkpoint_class finds it
 from mnist_lightning.idx import DATASETS
 from mnist_lightning.model import MNISTClassifier
@@ -95,7 +95,7 @@ def load_model(ckpt_path: str | Path) -> tuple[MNISTClassifier, dict[str, Any]]:
 
 def _cannot_rebuild(ckpt_path: str | Path, saved: dict[str, Any], err: BaseException) -> CheckpointError:
     """Why the checkpoint's model did not come back (jsonargparse wraps the reason, often a missing module)."""
-    chain = causes(err)
+    chain = list(exception_chain(err))
     missing = next((e for e in chain if isinstance(e, ModuleNotFoundError) and e.name), None)
     net = saved.get("net") if isinstance(saved.get("net"), dict) else {}
     if missing is not None and net.get("class_path"):

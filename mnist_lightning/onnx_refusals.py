@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
-from mnist_lightning.errors import UserInputError, causes, first_line
+from mnist_lightning.errors import UserInputError, exception_chain, first_line
 
 TORCHSCRIPT = "use --format torchscript (it compiles the net's Python as written)"
 NOTHING_WRITTEN = "nothing was written"
@@ -52,7 +52,7 @@ def _user_line(err: BaseException) -> str:
 
 def export_failure(err: torch.onnx.OnnxExporterError) -> UserInputError:
     """The one line for an exporter's refusal of the net."""
-    chain = causes(err)
+    chain = list(exception_chain(err))
     for cause in chain:
         if isinstance(cause, GuardOnDataDependentSymNode):
             return UserInputError(

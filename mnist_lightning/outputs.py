@@ -44,11 +44,13 @@ def what_a_run_owns(path: Path, ckpt_path: str | os.PathLike[str] | None = None)
     if not path.is_file():
         return None
     if ckpt_path is not None and Path(ckpt_path).is_file() and os.path.samefile(path, ckpt_path):
-        return f"the checkpoint {ckpt_path} that this command reads"
+        return "the checkpoint this command reads"
     names = {path.name, path.resolve().name}  # a link is judged by what it points to as well
     if any(name.endswith(".ckpt") for name in names) or written_by_torch_save(path):
         return "a checkpoint"
-    record = next((name for name in sorted(names) if name in RUN_RECORDS or name.startswith(EVENT_FILE_PREFIX)), None)
+    if any(name.startswith(EVENT_FILE_PREFIX) for name in names):
+        return "a run's TensorBoard event file"
+    record = next((name for name in sorted(names) if name in RUN_RECORDS), None)
     return f"a run's {record}" if record else None
 
 
@@ -59,5 +61,5 @@ def refuse_run_file(path: Path, option: str, suggestion: Path, ckpt_path: str | 
     what = what_a_run_owns(path, ckpt_path)
     if what is not None:
         which = f"{option} {path}" if given else f"the default {option.removeprefix('--')} {path}"
-        raise UserInputError(f"{which} is {what}, which this command would overwrite: nothing was written; pass "
-                             f"another {option}, e.g. {option} {suggestion}.")
+        raise UserInputError(f"{which} is {what}, which must not be overwritten: nothing was written; "
+                             f"pass another {option}, e.g. {option} {suggestion}.")

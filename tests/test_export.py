@@ -239,7 +239,7 @@ def test_export_never_overwrites_a_checkpoint_or_a_record_of_the_run(trained_run
     owned = {trained_run_copy.best: "is a checkpoint", tmp_path / "weights.pt": "is a checkpoint",
              tmp_path / "best.onnx": "is a checkpoint", run / "config.yaml": "is a run's config.yaml",
              run / "hparams.yaml": "is a run's hparams.yaml", run / "metrics.csv": "is a run's metrics.csv",
-             next(run.glob("events.out.tfevents.*")): "is a run's events.out.tfevents."}
+             next(run.glob("events.out.tfevents.*")): "is a run's TensorBoard event file"}
     before = {path: path.read_bytes() for path in owned}
     for path, what in owned.items():
         result = _export(tmp_path, "--ckpt_path", str(last), "--format", "onnx", "--output", str(path))

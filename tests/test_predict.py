@@ -450,9 +450,9 @@ def test_the_csv_never_overwrites_a_checkpoint_or_a_record_of_the_run(trained_ru
     """--predictions_csv onto the checkpoint predict reads, the run's other checkpoint or a file the run keeps
     its record in: refused before predicting, every file as it was. A previous predictions CSV is replaced."""
     run, last = trained_run_copy.run_dir, trained_run_copy.last
-    owned = {last: f"is the checkpoint {last} that this command reads", trained_run_copy.best: "is a checkpoint",
+    owned = {last: "is the checkpoint this command reads", trained_run_copy.best: "is a checkpoint",
              run / "config.yaml": "is a run's config.yaml", run / "hparams.yaml": "is a run's hparams.yaml",
-             next(run.glob("events.out.tfevents.*")): "is a run's events.out.tfevents."}
+             next(run.glob("events.out.tfevents.*")): "is a run's TensorBoard event file"}
     before = {path: path.read_bytes() for path in owned}
     for path, what in owned.items():
         result = _predict(tmp_path, trained_run_copy, "--predictions_csv", str(path))

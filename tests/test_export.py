@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import PROJECT_ROOT, TINY_ARGS, TrainedRun, run_cli
+from mnist_lightning.data.datamodule import MNISTDataModule
 
 from mnist_lightning import atomic, export
 from mnist_lightning.checkpoints.files import load_checkpoint_file
-from mnist_lightning.data.datamodule import MNISTDataModule
 from mnist_lightning.models.classifier import MNISTClassifier
 from mnist_lightning.models.fast import FastMNISTClassifier
 from mnist_lightning.models.mlp import MLP
@@ -229,6 +229,32 @@ def test_a_failing_write_leaves_the_previous_export_intact(trained_run: TrainedR
     _torchscript(target)  # still a loadable model
 
 
+def test_export_never_overwrites_a_checkpoint_or_a_record_of_the_run(trained_run_copy: TrainedRun,
+                                                                    tmp_path: Path) -> None:
+    """--output onto the run's other checkpoint, a checkpoint under another name, or a file the run keeps its
+    record in: refused before anything is written, every file as it was. A previous export is replaced."""
+    run, last = trained_run_copy.run_dir, trained_run_copy.last
+    (run / "metrics.csv").write_text("epoch,step,val/acc\n0,8,0.5\n")  # as a CSV-logger run keeps it
+    torch.save(load_checkpoint_file(last)["state_dict"], tmp_path / "weights.pt")
+    (tmp_path / "best.onnx").symlink_to(trained_run_copy.best)
+    owned = {trained_run_copy.best: "is a checkpoint", tmp_path / "weights.pt": "is a checkpoint",
+             tmp_path / "best.onnx": "is a checkpoint", run / "config.yaml": "is a run's config.yaml",
+             run / "hparams.yaml": "is a run's hparams.yaml", run / "metrics.csv": "is a run's metrics.csv",
+             next(run.glob("events.out.tfevents.*")): "is a run's TensorBoard event file"}
+    before = {path: path.read_bytes() for path in owned}
+    for path, what in owned.items():
+        result = _export(tmp_path, "--ckpt_path", str(last), "--format", "onnx", "--output", str(path))
+        _one_line_error(result, f"--output {path} {what}", "nothing was written", "pass another --output, e.g. --output")
+    assert {path: path.read_bytes() for path in owned} == before
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or p.suffix == ".onnx" and not p.is_symlink()]
+    # A previous export of the same format, and the default output beside the checkpoint, are replaced.
+    for _ in range(2):
+        assert _export(tmp_path, "--ckpt_path", str(last), "--format", "torchscript", "--output", "m.pt").returncode == 0
+        assert _export(tmp_path, "--ckpt_path", str(last), "--format", "torchscript").returncode == 0
+    _torchscript(tmp_path / "m.pt")
+    _torchscript(last.with_suffix(".pt"))
+
+
 # ------------------------------------------------------------------------------- any module class, any net
 @pytest.fixture(scope="module")
 def fast_checkpoint(tmp_path_factory, shared_tiny_data: Path) -> Path:
@@ -297,3 +323,86 @@ def test_a_net_of_your_own_exports_and_matches_the_checkpoint(cnn_checkpoint: Pa
     images = _test_images(shared_tiny_data)[:37]
     with torch.no_grad():
         assert torch.allclose(run(images), model(images), atol=TOLERANCE, rtol=0)
+
+
+def test_a_net_whose_module_is_not_on_the_path_is_one_line(cnn_checkpoint: Path, tmp_path: Path) -> None:
+    """The checkpoint names the user's net; without its module on PYTHONPATH the export says which module to put
+    there, and writes nothing."""
+    result = _export(tmp_path, "--ckpt_path", str(cnn_checkpoint), "--format", "onnx", "--output", "cnn.onnx")
+    _one_line_error(result, f"its net {CNN_MODULE}.SmallCNN", f"No module named '{CNN_MODULE}'",
+                    f"put the folder holding {CNN_MODULE}.py on PYTHONPATH")
+    assert not (tmp_path / "cnn.onnx").exists()
+
+
+# ------------------------------------------------------------------------------- nets ONNX cannot take
+HOSTILE_MODULE = "export_test_hostile_nets"
+HOSTILE_SOURCE = '''
+"""Nets that train and predict, but that ONNX export cannot take as they are written."""
+import torch
+from torch import nn
+
+
+class Linear(nn.Module):
+    def __init__(self, num_classes: int = 10, width: int = 8):
+        super().__init__()
+        self.fc = nn.Linear(28 * 28, num_classes)
+
+
+class Branching(Linear):
+    """Data-dependent control flow: which branch runs depends on the input's values."""
+    def forward(self, x):
+        if x.mean() > 0.5:
+            return self.fc(x.flatten(1))
+        return -self.fc(x.flatten(1))
+
+
+class FixedBatch(Linear):
+    """The batch size taken as a Python number: the exporter bakes the example's into the model."""
+    def forward(self, x):
+        return self.fc(x.reshape(int(x.shape[0]), 28 * 28))
+
+
+class RunningMax(Linear):
+    """aten.cummax, which has no ONNX function."""
+    def forward(self, x):
+        return self.fc(torch.cummax(x.flatten(1), dim=1).values)
+
+
+class HalfPrecision(Linear):
+    """A bfloat16 multiply: it exports, but onnxruntime's CPU provider has no kernel for it."""
+    def forward(self, x):
+        return self.fc((x.flatten(1).to(torch.bfloat16) * 2).float())
+'''
+HOSTILE_NETS = {
+    "Branching": ("its forward branches on the values of its input", f"{HOSTILE_MODULE}.py:16 `if x.mean() > 0.5:`", "--format torchscript"),
+    "FixedBatch": ("fixed batch size", "x.flatten(1)", "--format torchscript"),
+    "RunningMax": ("aten.cummax", "has no ONNX equivalent", "--format torchscript"),
+    "HalfPrecision": ("onnxruntime cannot run the exported model", "Mul", "--format torchscript"),
+}
+
+
+@pytest.fixture(scope="module")
+def hostile_nets(tmp_path_factory, shared_tiny_data: Path) -> tuple[Path, dict[str, Path]]:
+    """(the module's folder, each net's checkpoint): two training batches each, through the CLI."""
+    folder = tmp_path_factory.mktemp("hostile_nets")
+    (folder / f"{HOSTILE_MODULE}.py").write_text(HOSTILE_SOURCE)
+    return folder, {net: _fit(tmp_path_factory.mktemp(net), shared_tiny_data, "--model.net", f"{HOSTILE_MODULE}.{net}",
+                              "--trainer.limit_train_batches", "2", env={"PYTHONPATH": str(folder)})
+                    for net in HOSTILE_NETS}
+
+
+@pytest.mark.parametrize("net", list(HOSTILE_NETS))
+def test_a_net_onnx_cannot_take_is_one_line_naming_the_fix(hostile_nets, tmp_path: Path, net: str) -> None:
+    """Data-dependent control flow, a batch size baked into a reshape, an op without ONNX function, a model
+    onnxruntime cannot run: one line naming the problem and the fix, no file; and the fix it names works."""
+    if net == "HalfPrecision":
+        pytest.importorskip("onnxruntime", reason="the check that finds it runs the model in onnxruntime")
+    folder, checkpoints = hostile_nets
+    env = {"PYTHONPATH": str(folder)}
+    result = _export(tmp_path, "--ckpt_path", str(checkpoints[net]), "--format", "onnx", "--output", "out/model.onnx",
+                     env=env)
+    _one_line_error(result, *HOSTILE_NETS[net], "nothing was written")
+    assert not list(tmp_path.iterdir())  # no partial file, no temporary one, not even the folder
+    fixed = _export(tmp_path, "--ckpt_path", str(checkpoints[net]), "--format", "torchscript", "--output", "model.pt",
+                    env=env)
+    assert fixed.returncode == 0 and "logits match the checkpoint's" in fixed.stdout, fixed.stderr

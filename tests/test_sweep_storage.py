@@ -30,7 +30,7 @@ import pytest
 import sqlalchemy.engine
 import sqlalchemy.exc
 import yaml
-from conftest import PROJECT_ROOT, TINY_ARGS, start_forked
+from conftest import PROJECT_ROOT, TINY_ARGS, run_cli, start_forked
 from forked_cli import ForkedProcess
 from optuna.trial import TrialState
 
@@ -80,13 +80,61 @@ def test_a_database_url_is_shown_without_its_password(tmp_path):
     assert "secret" not in spec.shown and spec.shown.startswith("postgresql+psycopg://sweeper:")
 
 
+@pytest.mark.parametrize("url", [
+    "postgresql+psycopg://sweeper@db.example/optuna?password=SECRET",
+    "postgresql+psycopg://sweeper:SECRET@db.example:5433/optuna?sslmode=require&sslpassword=SECRET",
+    "postgresql://sweeper@db.example/optuna?application_name=mnist&PASSWORD=SECRET&password=SECRET",
+])
+def test_every_password_a_url_carries_is_masked(tmp_path, url):
+    """libpq takes a password from the URL's userinfo or from its query (`password`, `sslpassword`): neither is shown."""
+    shown = parse_storage(url, tmp_path).shown
+    assert "SECRET" not in shown and "sweeper" in shown and "db.example" in shown, shown
+    assert "application_name=mnist" in shown or "application_name" not in url  # what is not a secret stays readable
+    assert re.search(r"password=\*\*\*", shown, re.IGNORECASE), shown
+
+
+def _sweep_on(storage: str, data: Path, cwd: Path):
+    return run_cli("sweep", "--config", str(write_sweep(cwd, n_trials=1)), "--storage", storage, *fit_args(data, 1),
+                   "--trainer.limit_train_batches", "2", cwd=cwd)
+
+
+def _one_error_line(result) -> str:
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.rstrip("\n").splitlines()[-1]
+    assert last.startswith("error: "), result.stderr[-3000:]
+    return last
+
+
+@pytest.mark.slow
+def test_a_refused_connection_is_reported_without_the_password(shared_tiny_data, tmp_path):
+    """The sweep's error names the server it could not reach, with both the userinfo and the query password masked
+    (a closed port on this machine: refused at once, no server needed)."""
+    url = f"postgresql+psycopg://sweeper:SECRET@127.0.0.1:{free_port()}/optuna?password=SECRET"
+    result = _sweep_on(url, shared_tiny_data, tmp_path)
+    line = _one_error_line(result)
+    assert "127.0.0.1" in line and "sweeper:***@" in line, line
+    assert "SECRET" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("port", ["abc", "5432x", "99999", "0"])
+def test_a_port_that_is_not_a_port_is_one_line(shared_tiny_data, tmp_path, port):
+    url = f"postgresql+psycopg://sweeper:SECRET@127.0.0.1:{port}/optuna"
+    line = _one_error_line(_sweep_on(url, shared_tiny_data, tmp_path))
+    assert "--storage" in line and f"port {port!r}" in line and ":5432/" in line, line
+    assert "SECRET" not in line
+    assert not (tmp_path / "lightning_logs").exists()  # refused before anything ran
+
+
 @pytest.mark.parametrize(("value", "message"), [
     ("journal:", "name the journal file after `journal:`"),
     ("study.db", "--storage takes sqlite:///PATH, journal:PATH"),
+    ("sweeper:SECRET@db.example/optuna?password=SECRET", "got 'sweeper:\\*\\*\\*@db.example/optuna\\?password=\\*\\*\\*'"),
 ])
 def test_other_forms_are_refused(tmp_path, value, message):
-    with pytest.raises(UserInputError, match=message):
+    with pytest.raises(UserInputError, match=message) as caught:
         parse_storage(value, tmp_path)
+    assert "SECRET" not in str(caught.value)
 
 
 @pytest.mark.parametrize("url", ["postgresql+psycopg://sweeper@127.0.0.1:1/optuna", "postgresql://sweeper@127.0.0.1:1/optuna"])
@@ -271,6 +319,20 @@ def postgres_url() -> Iterator[str]:
             subprocess.run([*as_user, bindir / "pg_ctl", "-D", data, "stop", "-m", "immediate"], capture_output=True,
                            timeout=60)
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_the_sweep_banner_and_summary_show_the_server_without_the_password(postgres_url, shared_tiny_data, tmp_path):
+    """On a real server (trust authentication: the passwords are sent and ignored), nothing the sweep prints
+    carries them: the banner names the study's server with both masked."""
+    url = postgres_url.replace("sweeper@", "sweeper:SECRET@") + "?password=SECRET"
+    ran = _sweep_on(url, shared_tiny_data, tmp_path)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    banner = next(line for line in ran.stdout.splitlines() if line.startswith("Sweep 'tiny': study "))
+    assert "sweeper:***@127.0.0.1" in banner and "password=***" in banner, banner
+    summary = run_cli("sweep", "--config", str(tmp_path / "tiny.yaml"), "--storage", url, "--summary", cwd=tmp_path)
+    assert summary.returncode == 0 and " COMPLETE " in summary.stdout, summary.stderr[-3000:]
+    assert "SECRET" not in ran.stdout + ran.stderr + summary.stdout + summary.stderr
 
 
 def _has_user(name: str) -> bool:

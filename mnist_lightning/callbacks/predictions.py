@@ -20,8 +20,9 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from mnist_lightning.atomic import write_atomically
-from mnist_lightning.data.images import display_name
+from mnist_lightning.data.images import console_name, display_name
 from mnist_lightning.errors import UserInputError
+from mnist_lightning.outputs import refuse_run_file
 
 CSV_HEADER = ("file", "prediction", "probability")
 
@@ -32,10 +33,17 @@ class PredictionTable(BasePredictionWriter):
     Args:
         csv_path: also write the rows to this CSV file (its folder is created). It is written
             whole or not at all (temporary file, then rename), UTF-8, names as `display_name` shows them.
+            A previous CSV there is replaced; a checkpoint or a run's record is refused at once
+            (mnist_lightning/outputs.py).
+        ckpt_path: the checkpoint that predict reads, which the CSV must not replace either.
     """
 
-    def __init__(self, csv_path: str | None = None) -> None:
+    def __init__(self, csv_path: str | None = None, ckpt_path: str | None = None) -> None:
         super().__init__(write_interval="epoch")
+        if csv_path:
+            path = Path(csv_path)
+            suggestion = path.with_name("predictions.csv" if path.name != "predictions.csv" else "predictions-1.csv")
+            refuse_run_file(path, "--predictions_csv", suggestion, ckpt_path)
         self.csv_path = csv_path
         self.rows: list[tuple[str, str, float]] = []  # (file or index, class name, probability), kept for callers
 
@@ -61,7 +69,7 @@ class PredictionTable(BasePredictionWriter):
         if getattr(dataset, "summary", None):
             print(f"predicted {dataset.summary}", file=sys.stderr)
         for file, reason in getattr(dataset, "errors", []):
-            print(f"skipped {display_name(file)}: {reason}", file=sys.stderr)
+            print(f"skipped {console_name(file)}: {reason}", file=sys.stderr)
         if self.csv_path:
             self._write_csv(Path(self.csv_path))
 
@@ -83,10 +91,12 @@ class PredictionTable(BasePredictionWriter):
         return getattr(loader, "dataset", None)
 
     def _print_table(self, key: str) -> None:
-        width = max([len(key)] + [len(name) for name, _, _ in self.rows])
+        names = [console_name(name) for name, _, _ in self.rows]  # one row per file, whatever its name holds
+        width = max([len(key)] + [len(name) for name in names])
         label_width = max([len("prediction")] + [len(label) for _, label, _ in self.rows])
         lines = [f"{key:<{width}}  {'prediction':<{label_width}}  probability"]
-        lines += [f"{name:<{width}}  {label:<{label_width}}  {p:.4f}" for name, label, p in self.rows]
+        lines += [f"{name:<{width}}  {label:<{label_width}}  {p:.4f}" for name, (_, label, p) in zip(names, self.rows,
+                                                                                                     strict=True)]
         sys.stdout.write("\n".join(lines) + "\n")
         sys.stdout.flush()
 
@@ -100,12 +110,12 @@ class PredictionTable(BasePredictionWriter):
 
     def _write_csv(self, path: Path) -> None:
         if path.is_dir():
-            raise UserInputError(f"--predictions_csv {display_name(path)} is a folder: give a file name, "
-                                 f"e.g. {display_name(path / 'predictions.csv')}.")
+            raise UserInputError(f"--predictions_csv {console_name(path)} is a folder: give a file name, "
+                                 f"e.g. {console_name(path / 'predictions.csv')}.")
         data = self.csv_bytes()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise UserInputError(f"could not write --predictions_csv {display_name(path)}: {err.strerror or err}") from None
+            raise UserInputError(f"could not write --predictions_csv {console_name(path)}: {err.strerror or err}") from None
         write_atomically(path, lambda f: f.write(data), what="--predictions_csv")
-        print(f"Wrote {len(self.rows)} predictions to {display_name(path)}")
+        print(f"Wrote {len(self.rows)} predictions to {console_name(path)}")

@@ -131,9 +131,10 @@ class MNISTLightningCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         trainer_config = self.config_init[self.subcommand].get("trainer") or {}
-        predictions_csv = self.config[self.subcommand].get("predictions_csv")
+        config = self.config[self.subcommand]
         plugins = trainer_setup.trainer_plugins(trainer_config)
-        callbacks = trainer_setup.trainer_callbacks(trainer_config, self.subcommand, self.datamodule, predictions_csv)
+        callbacks = trainer_setup.trainer_callbacks(trainer_config, self.subcommand, self.datamodule,
+                                                    config.get("predictions_csv"), config.get("ckpt_path"))
         try:
             return super().instantiate_trainer(plugins=plugins, callbacks=callbacks, **kwargs)
         except (ValueError, TypeError, RuntimeError, ImportError) as err:

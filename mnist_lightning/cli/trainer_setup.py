@@ -41,7 +41,8 @@ def trainer_plugins(trainer_config: Any) -> list[Any]:
     return plugins
 
 
-def trainer_callbacks(trainer_config: Any, subcommand: str, datamodule: Any, predictions_csv: str | None) -> list[Any]:
+def trainer_callbacks(trainer_config: Any, subcommand: str, datamodule: Any, predictions_csv: str | None,
+                      ckpt_path: str | None = None) -> list[Any]:
     """The configured callbacks, with a progress bar that redraws every 50 steps (Lightning's default redraws
     every step, which costs more than a step of this net), predict's table, the refit protocol's changes,
     and without the callbacks that need a logger when there is none."""
@@ -50,7 +51,7 @@ def trainer_callbacks(trainer_config: Any, subcommand: str, datamodule: Any, pre
     if trainer_config.get("enable_progress_bar") is not False and not has_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS))
     if subcommand == "predict":
-        callbacks.append(PredictionTable(csv_path=predictions_csv))
+        callbacks.append(PredictionTable(csv_path=predictions_csv, ckpt_path=ckpt_path))
     no_validation = refit.no_validation_reason(datamodule, trainer_config.get("limit_val_batches"))
     if subcommand == "fit" and no_validation:  # the refit protocol (refit.py): no validation to watch
         callbacks, line = refit.without_validation_watchers(callbacks, no_validation)

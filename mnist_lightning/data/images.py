@@ -65,6 +65,13 @@ def display_name(path: str | os.PathLike[str]) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def console_name(path: str | os.PathLike[str]) -> str:
+    """`display_name` for the console: a character that is not printable (a newline, a tab, a terminal escape) is
+    written as Python writes it in a string, e.g. `\\n`, so a name never splits a line or recolours the
+    terminal. (The CSV keeps the true name; the csv module quotes it.)"""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in display_name(path))
+
+
 def _regular_file(path: Path) -> None:
     """Refuse what is not a regular file (after links) before opening it: a FIFO would block forever."""
     try:
@@ -215,13 +222,13 @@ class ImageFolderDigits(InMemoryDigits):
     def __init__(self, path: str | Path, mean: float | None = None, std: float | None = None, deskew: bool = False):
         root = Path(path)
         if not root.exists() and not root.is_symlink():
-            raise UserInputError(f"data.predict_path {display_name(root)} does not exist: give an image file or a "
+            raise UserInputError(f"data.predict_path {console_name(root)} does not exist: give an image file or a "
                                  "folder of images.")
         subfolders, problems = 0, []
         if root.is_dir():
             candidates, subfolders, problems = image_files(root)
             if not candidates and not problems:
-                raise UserInputError(f"data.predict_path {display_name(root)} is an empty folder (subfolders "
+                raise UserInputError(f"data.predict_path {console_name(root)} is an empty folder (subfolders "
                                      "included): there are no images to predict.")
         else:
             candidates = [root]
@@ -234,10 +241,10 @@ class ImageFolderDigits(InMemoryDigits):
                 self.files.append(file)
             except UnusableImage as err:
                 self.errors.append((file, str(err)))
-        where = f" in {display_name(root)}" + (f" and its {subfolders} subfolder{'s' * (subfolders != 1)}" if subfolders else "")
+        where = f" in {console_name(root)}" + (f" and its {subfolders} subfolder{'s' * (subfolders != 1)}" if subfolders else "")
         self.summary = f"{len(self.files)} of {len(candidates)} file{'s' * (len(candidates) != 1)}{where} usable"
         if not digits:
-            reasons = "\n".join(f"  {display_name(file)}: {reason}" for file, reason in self.errors)
-            raise UserInputError(f"no usable image in data.predict_path {display_name(root)}:\n{reasons}")
+            reasons = "\n".join(f"  {console_name(file)}: {reason}" for file, reason in self.errors)
+            raise UserInputError(f"no usable image in data.predict_path {console_name(root)}:\n{reasons}")
         images = torch.stack(digits)
         super().__init__(deskew_digits(images) if deskew else images, torch.arange(len(digits)), mean, std)

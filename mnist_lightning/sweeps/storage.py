@@ -44,6 +44,9 @@ NETWORK_FILESYSTEMS = frozenset({
     "nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "ceph", "fuse.ceph", "fuse.cephfs", "glusterfs",
     "fuse.glusterfs", "beegfs", "afs", "ocfs2", "gfs2", "panfs", "pvfs2", "orangefs", "fuse.sshfs", "9p",
 })
+# Query parameters that can hold a secret (libpq's password, sslpassword; other drivers' passwd, token, key...).
+SECRET_KEY = re.compile(r"pass|pwd|secret|token|key", re.IGNORECASE)
+SECRET_QUERY = re.compile(r"((?:pass|pwd|secret|token|key)[^=&]*=)[^&]*", re.IGNORECASE)
 FORMS = "sqlite:///PATH, journal:PATH (a shared filesystem) or a database URL such as postgresql+psycopg://user@host/db"
 
 
@@ -56,15 +59,47 @@ class StorageSpec:
 
     @property
     def shown(self) -> str:
-        """How to print it: a database URL without its password."""
+        """How to print it: a database URL without its passwords."""
         if self.kind == "journal":
             return f"{JOURNAL}{self.target}"
-        return sqlalchemy.engine.make_url(self.target).render_as_string(hide_password=True)
+        return masked_url(sqlalchemy.engine.make_url(self.target))
 
     def exists(self) -> bool:
         """Whether there can be a study to read (a file storage's file exists); a server is asked later."""
         path = Path(self.target) if self.kind == "journal" else sqlite_path(self.target)
         return path is None or path.is_file()
+
+
+def masked_url(url: sqlalchemy.engine.URL) -> str:
+    """A database URL as it may be printed: the password of its userinfo (SQLAlchemy's own masking) and every
+    query parameter that can carry a secret (libpq reads `password` and `sslpassword` there too) as ***."""
+    shown = url.set(query={}).render_as_string(hide_password=True)
+    if not url.query:
+        return shown
+    query = {key: "***" if SECRET_KEY.search(key) else value for key, value in url.query.items()}
+    return f"{shown}?{urllib.parse.urlencode(query, doseq=True, safe='*')}"
+
+
+def _masked_text(value: str) -> str:
+    """A --storage value that is no URL, as it may be printed: a `user:password@` or `password=` part masked."""
+    return SECRET_QUERY.sub(r"\1***", re.sub(r":[^:/@]*@", ":***@", value))
+
+
+def written_port(value: str) -> str | None:
+    """The port as a URL writes it (`host:PORT`), a number or not; None without one."""
+    host_port = urllib.parse.urlsplit(value).netloc.rpartition("@")[2]
+    _, colon, port = host_port.rpartition(":")
+    return port if colon and port and not port.endswith("]") else None  # `[::1]`: an IPv6 address, no port
+
+
+def check_port(value: str) -> None:
+    """A port that is not a number in 1-65535 is a typo that would otherwise surface as SQLAlchemy's ValueError
+    (not a number) or as a connection to another port (0 is libpq's default port)."""
+    port = written_port(value)
+    if port is not None and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise UserInputError(f"--storage: the database URL's port {port!r} is not a port number (1-65535): write "
+                             "the server's port as digits, e.g. postgresql+psycopg://user@host:5432/db, or leave it "
+                             "out for the server's default.")
 
 
 def parse_storage(value: str | None, default_db: Path) -> StorageSpec:
@@ -77,10 +112,12 @@ def parse_storage(value: str | None, default_db: Path) -> StorageSpec:
             raise UserInputError(f"--storage {value}: name the journal file after `journal:`, e.g. "
                                  "journal:/shared/sweeps/mnist.log.")
         return StorageSpec("journal", str(Path(path).expanduser().absolute()))
+    if "://" in value:
+        check_port(value)
     try:
         url = sqlalchemy.engine.make_url(value)
     except sqlalchemy.exc.ArgumentError:
-        raise UserInputError(f"--storage takes {FORMS}; got {value!r}.") from None
+        raise UserInputError(f"--storage takes {FORMS}; got {_masked_text(value)!r}.") from None
     return StorageSpec("sqlite" if url.get_backend_name() == "sqlite" else "database", value)
 
 

@@ -39,7 +39,7 @@ def main(args: Sequence[str] | None = None) -> None:
         if argv[:1] == ["export"]:
             export_main(argv[1:])
         elif argv[:1] and argv[0] in EXTRA_COMMANDS:
-            from mnist_lightning.sweeps.experiments import main as experiments_main  # Optuna loads for sweeps only
+            from mnist_lightning.sweeps.command import main as experiments_main  # Optuna loads for sweeps only
 
             experiments_main(argv)
         else:

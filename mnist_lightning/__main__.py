@@ -2,7 +2,7 @@
 
     python -m mnist_lightning fit|validate|test|predict ...    # the LightningCLI (mnist_lightning/cli/cli.py)
     python -m mnist_lightning export --ckpt_path CKPT --format onnx      # mnist_lightning/export.py
-    python -m mnist_lightning sweep|seeds --config ...                   # mnist_lightning/sweeps/
+    python -m mnist_lightning sweep|seeds --config ...                   # mnist_lightning/sweeps/command.py
 
 A user's mistake (a bad value, path, file or checkpoint; Lightning's and jsonargparse's own
 misconfiguration errors) ends with one line, `error: ...`, and exit code 2; anything else is a bug
@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args[:1] == ["export"]:
             export_main(args[1:])
         elif args[:1] and args[0] in EXTRA_COMMANDS:
-            from mnist_lightning.sweeps.experiments import main as experiments_main  # Optuna loads for sweeps only
+            from mnist_lightning.sweeps.command import main as experiments_main  # Optuna loads for sweeps only
 
             experiments_main(args)
         else:

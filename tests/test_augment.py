@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mnist_lightning import MLP, MNISTClassifier, MNISTDataModule
 from mnist_lightning.data.augment import AffineJitter, ElasticJitter, TrainingAugmentation
 from mnist_lightning.models.fast import FastMNISTClassifier
-from mnist_lightning.sweeps.experiments import parse_fit
+from mnist_lightning.sweeps.fit_options import parse_fit
 
 AUGMENT_CONFIG = str(PROJECT_ROOT / "configs" / "augment.yaml")
 # Strong enough that hardly any training image keeps all its pixels.

@@ -18,13 +18,13 @@ import pytest
 import torch
 import torchvision
 from conftest import IDX_NAMES, run_cli, write_idx_dataset
-from mnist_lightning.data.datamodule import split_indices
-from mnist_lightning.data.loaders import ResumableDataLoader
 from torchvision import transforms
 
 from mnist_lightning import MNISTDataModule
 from mnist_lightning.data.augment import AffineJitter
+from mnist_lightning.data.datamodule import split_indices
 from mnist_lightning.data.digits import InMemoryDigits
+from mnist_lightning.data.loaders import ResumableDataLoader
 from mnist_lightning.errors import DataFileError, UserInputError
 
 

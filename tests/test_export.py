@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import PROJECT_ROOT, TINY_ARGS, TrainedRun, run_cli
-from mnist_lightning.data.datamodule import MNISTDataModule
 
 from mnist_lightning import atomic, export
 from mnist_lightning.checkpoints.files import load_checkpoint_file
+from mnist_lightning.data.datamodule import MNISTDataModule
 from mnist_lightning.models.classifier import MNISTClassifier
 from mnist_lightning.models.fast import FastMNISTClassifier
 from mnist_lightning.models.mlp import MLP

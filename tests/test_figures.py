@@ -12,7 +12,6 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from conftest import TINY_ARGS, run_cli
-from mnist_lightning.data.datamodule import MNISTDataModule
 from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -27,6 +26,7 @@ from mnist_lightning.callbacks.drawing import (
     render,
 )
 from mnist_lightning.callbacks.figures import ValidationFigures
+from mnist_lightning.data.datamodule import MNISTDataModule
 from mnist_lightning.data.idx import DATASETS
 from mnist_lightning.models.classifier import MNISTClassifier
 

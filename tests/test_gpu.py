@@ -38,11 +38,11 @@ from conftest import (
     run_cli,
     run_process,
 )
-from mnist_lightning.data.datamodule import MNISTDataModule
 from pytorch_lightning.callbacks import Callback
 from torch import nn
 
 from mnist_lightning.checkpoints.files import load_checkpoint_file
+from mnist_lightning.data.datamodule import MNISTDataModule
 
 GPU_CONFIG = str(PROJECT_ROOT / "configs" / "gpu.yaml")
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: torch.cuda.is_available() is False")

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_ARGS, TrainedRun, TutorialRun, run_cli
-from mnist_lightning.data.datamodule import MNISTDataModule
 from PIL import Image, ImageDraw
 
 from mnist_lightning import atomic
 from mnist_lightning.callbacks.predictions import PredictionTable
 from mnist_lightning.checkpoints.files import load_checkpoint_file
+from mnist_lightning.data.datamodule import MNISTDataModule
 from mnist_lightning.data.digits import InMemoryDigits
 from mnist_lightning.data.idx import DATASETS, load_split
 from mnist_lightning.data.images import ImageFolderDigits, UnusableImage, display_name, read_image, to_mnist

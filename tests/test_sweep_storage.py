@@ -1,4 +1,4 @@
-"""Sweep storages (mnist_lightning/sweep_storage.py): `--storage` parsed and checked; three workers, each in a folder
+"""Sweep storages (mnist_lightning/sweeps/storage.py, heartbeat.py): `--storage` parsed and checked; three workers, each in a folder
 of its own as on three machines, on a real PostgreSQL server and on one journal file, one of them SIGKILLed mid-trial
 and started again; the SLURM recipe run with bash as SLURM would run its array tasks.
 
@@ -9,6 +9,7 @@ missing it skips, except under CI (the CI variable set), where it fails: CI must
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 import re
@@ -35,22 +36,23 @@ from forked_cli import ForkedProcess
 from optuna.trial import TrialState
 
 from mnist_lightning.errors import UserInputError
-from mnist_lightning.sweeps.experiments import importances_table, run_trials, sweep_main
+from mnist_lightning.sweeps.command import sweep_main
+from mnist_lightning.sweeps.heartbeat import Heartbeat, fail_stale_journal_trials, write_beat
 from mnist_lightning.sweeps.storage import (
     POSTGRES_EXTRA,
     StorageSpec,
-    fail_stale_journal_trials,
     heartbeat_of,
     mount_of,
     network_filesystem,
     open_storage,
     parse_storage,
-    write_beat,
 )
+from mnist_lightning.sweeps.summary import importances_table
+from mnist_lightning.sweeps.trials import run_trials
 
 pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),  # Optuna's heartbeat
               pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")]
-HEARTBEAT = {"interval": 1, "grace_period": 3}
+HEARTBEAT = Heartbeat(interval=1, grace_period=3)
 MOUNTS = """\
 /dev/vda1 / ext4 rw,relatime 0 0
 server:/export/shared /shared nfs4 rw,relatime,vers=4.2 0 0
@@ -192,7 +194,7 @@ def test_the_journal_fails_a_trial_whose_heartbeat_is_stale(tmp_path):
     spec = parse_storage(f"journal:{tmp_path}/mnist.log", tmp_path)
     storage = open_storage(spec, HEARTBEAT)
     assert type(storage) is optuna.storages.JournalStorage  # Optuna's own, the heartbeat beside it
-    heartbeat = heartbeat_of(spec, storage, {"interval": 1, "grace_period": 1})
+    heartbeat = heartbeat_of(spec, storage, Heartbeat(interval=1, grace_period=1))
     assert heartbeat is not None and heartbeat.beats == tmp_path / "mnist.log.heartbeats" and heartbeat.beats.is_dir()
     study = optuna.create_study(study_name="s", storage=storage)
     write_beat(heartbeat.file("s", 2))  # left by an earlier study of the same name: not trial 2's beat
@@ -348,8 +350,8 @@ def write_sweep(folder: Path, n_trials: int) -> Path:
     spec = {
         "configs": [str(PROJECT_ROOT / "configs" / "seed.yaml")],
         "n_trials": n_trials,
-        "pruner": "none",
-        "heartbeat": HEARTBEAT,
+        "pruner": "optuna.pruners.NopPruner",
+        "heartbeat": dataclasses.asdict(HEARTBEAT),
         "search_space": {
             "model.optimizer.init_args.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
             "model.net.init_args.hidden_sizes": {"type": "categorical", "choices": [[8], [16]]},
@@ -430,7 +432,7 @@ def test_three_workers_in_their_own_folders_share_one_study_and_survive_a_sigkil
     if kind == "journal":
         assert [p.name for p in (shared / "tiny.log.heartbeats").iterdir()] == [f"tiny-{killed_number}"]
         last_beat = float((shared / "tiny.log.heartbeats" / f"tiny-{killed_number}").read_text())
-        assert killed.datetime_complete.timestamp() - last_beat > HEARTBEAT["grace_period"]
+        assert killed.datetime_complete.timestamp() - last_beat > HEARTBEAT.grace_period
     assert all(t.user_attrs.get("surplus") for t in trials if t.state == TrialState.FAIL and t is not killed)
     folder_of = {pid: folders[i] for i, pid in pids.items()} | {workers[f"worker{victim}"].pid: folders[victim]}
     ran = [t for t in trials if "run_dir" in t.user_attrs]

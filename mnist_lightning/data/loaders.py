@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
+
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from pytorch_lightning.strategies import DDPStrategy
-from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
-from torchvision import transforms
-from mnist_lightning.data.augment import BatchAugment, TrainingAugmentation, augment_config
-from mnist_lightning.data.deskew import deskew
-from mnist_lightning.data.digits import InMemoryDigits, PerSampleDigits, keep_batch
-from mnist_lightning.errors import DataFileError, UserInputError
-from mnist_lightning.data.idx import DATASETS, DatasetSpec, load_split, missing_files, missing_files_message
-from mnist_lightning.data.images import ImageFolderDigits
-from mnist_lightning.checkpoints.parts import part_settings
+
+from mnist_lightning.data.augment import TrainingAugmentation
 
 
 class EpochShuffleSampler(RandomSampler):

@@ -1,5 +1,5 @@
 """A sweep never mixes differently trained trials, and every way it can stop ends with one line, before any trial
-where it can (`python -m mnist_lightning sweep`, issue 20).
+where it can (`python -m mnist_lightning sweep`).
 
 In this process (`run_cli`) where the subject is the message and what is left on disk; a real process for
 Ctrl+C, where the signal and the console output are the subject.
@@ -30,7 +30,7 @@ ONE_POINT = {"model.net.init_args.hidden_sizes": {"type": "categorical", "choice
 
 def write_sweep(folder: Path, name: str = "tiny", **fields: object) -> Path:
     """One trial of the tutorial config at one point, no pruning, a 1 s heartbeat."""
-    spec = {"configs": [str(SEED_CONFIG)], "n_trials": 1, "pruner": "none",
+    spec = {"configs": [str(SEED_CONFIG)], "n_trials": 1, "pruner": "optuna.pruners.NopPruner",
             "heartbeat": {"interval": 1, "grace_period": 3}, "search_space": ONE_POINT} | fields
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -216,7 +216,7 @@ def ctrl_c_in_trial(data: Path, tmp_path: Path, hold_at: str) -> tuple[int, str]
     hold = tmp_path / "hold"
     hold.mkdir()
     args = ["sweep", "--config", str(write_sweep(tmp_path)), *fit_args(data),
-            "--trainer.callbacks+=test_sweep_hardening.HoldTrial"]
+            "--trainer.callbacks+=test_sweep_refusals.HoldTrial"]
     log = tmp_path / "sweep.log"
     process = start_forked(*args, cwd=tmp_path, log=log, env={**probe_env(), "HOLD_DIR": str(hold), "HOLD_AT": hold_at})
     try:

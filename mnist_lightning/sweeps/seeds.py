@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from mnist_lightning.callbacks.resume import ResumeCheckpoint
+from mnist_lightning.callbacks.resume import ResumeCheckpoint, best_checkpoint
 from mnist_lightning.cli import refit
 from mnist_lightning.cli.cli import MNISTLightningCLI
 from mnist_lightning.errors import UserInputError
@@ -69,7 +69,7 @@ def run_seed(seed: int, fit_args: Sequence[str]) -> SeedRun:
     protocol = refit.protocol_of(fit.datamodule, fit.trainer.limit_val_batches)
     val_acc: float | None = None
     if protocol == refit.BEST_VAL:
-        checkpoint = next((c for c in fit.trainer.checkpoint_callbacks if getattr(c, "best_model_path", "")), None)
+        checkpoint = best_checkpoint(fit.trainer)
         if checkpoint is None or checkpoint.monitor != "val/acc" or checkpoint.best_model_score is None:
             raise UserInputError("seeds tests the best checkpoint by val/acc: the config needs the default config's "
                                  "ModelCheckpoint (monitor val/acc) and at least one validation (or --data.val_size 0, "

@@ -13,6 +13,7 @@ than the sweep's grace period: a database with Optuna's heartbeat, a journal wit
 from __future__ import annotations
 
 import re
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -21,7 +21,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from mnist_lightning.callbacks.resume import TrainingDiverged, TrainingInterrupted
+from mnist_lightning.callbacks.resume import TrainingDiverged, TrainingInterrupted, best_checkpoint
 from mnist_lightning.cli.cli import MNISTLightningCLI
 from mnist_lightning.errors import UserInputError, exception_chain
 from mnist_lightning.sweeps.fit_options import ONE_DEVICE, cli_value, in_process
@@ -115,8 +115,8 @@ class Objective:
             trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))
         if stop is not None:
             raise stop.fail(trial)
-        best = next((c.best_model_path for c in cli.trainer.checkpoint_callbacks if getattr(c, "best_model_path", "")), None)
-        trial.set_user_attr("best_checkpoint", best and os.path.abspath(best))
+        best = best_checkpoint(cli.trainer)
+        trial.set_user_attr("best_checkpoint", best and os.path.abspath(best.best_model_path))
         if pruning.pruned_at is not None:
             raise optuna.TrialPruned(f"{self.sweep.metric} at epoch {pruning.pruned_at} was hopeless")
         value = cli.trainer.callback_metrics.get(self.sweep.metric)

@@ -142,7 +142,7 @@ def test_config_typo_names_the_key(tmp_path):
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(("--model.optimizer.init_args.lr", "-1"), "model.optimizer (torch.optim.adam.Adam) refused its arguments"),
+    [(("--model.optimizer.init_args.lr", "-1"), "model.optimizer (torch.optim.Adam) refused its arguments"),
      (("--model.net.init_args.hidden_sizes", "[]"), "MLP hidden_sizes"),
      (("--model.net.init_args.dropout", "1.5"), "UnitShare"),
      (("--data.batch_size", "0"), "data.batch_size"), (("--data.val_size", "600"), "val_size must be smaller")],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -39,11 +40,16 @@ def as_plain(value: Any) -> Any:
     return value
 
 
-def drop_unsaveable_parts(module: pl.LightningModule, parts: Sequence[str]) -> None:
-    """Keep in `module.hparams` only the parts that arrived as configs (LightningCLI's class path and init
-    args), which a checkpoint can hold and `load_from_checkpoint` rebuilds. Objects passed in Python cannot
-    be stored safely: pass them again to `load_from_checkpoint(path, net=...)`."""
-    module.remove_ignored_hparams([key for key in parts if not is_plain(module.hparams.get(key))])
+def keep_saveable_hparams(module: pl.LightningModule | pl.LightningDataModule, parts: Sequence[str] = ()) -> None:
+    """Make `module.hparams` data a weights-only loader reads back: numbers as built-in types (jsonargparse
+    passes its range types, `PositiveInt`, `UnitShare`, which are int and float subclasses), and of the
+    `parts` only those that arrived as configs (LightningCLI's class path and init args), which
+    `load_from_checkpoint` rebuilds. Objects passed in Python cannot be stored safely: pass them again to
+    `load_from_checkpoint(path, net=...)`."""
+    module.remove_ignored_hparams([key for key in parts if not is_plain(as_plain(module.hparams.get(key)))])
+    for key, value in list(module.hparams.items()):
+        if is_plain(as_plain(value)):
+            module.hparams[key] = as_plain(value)
 
 
 def part_settings(hparams: Mapping[str, Any]) -> dict[str, Any]:
@@ -77,6 +83,19 @@ def without_init_args(key: str) -> str:
     return ".".join(part for part in key.split(".") if part != "init_args")
 
 
+def class_path_of(target: Any) -> str:
+    """The dotted path of a class or function through the nearest package that exports it, as jsonargparse
+    writes it into a config: `mnist_lightning.models.MLP`, not `mnist_lightning.models.mlp.MLP`."""
+    module = getattr(target, "__module__", "") or ""
+    name = getattr(target, "__qualname__", type(target).__name__)
+    parts = module.split(".")
+    for length in range(len(parts) - 1, 0, -1):
+        parent = sys.modules.get(".".join(parts[:length]))
+        if parent is not None and getattr(parent, name, None) is target:
+            return f"{parent.__name__}.{name}"
+    return f"{module}.{name}".lstrip(".")
+
+
 def describe(part: Any) -> str:
     """A part passed in Python, by its class (or function) path."""
     if part is None:
@@ -84,4 +103,4 @@ def describe(part: Any) -> str:
     target = part if isinstance(part, type) or callable(part) and not isinstance(part, nn.Module) else type(part)
     if isinstance(target, partial):  # yours, or LightningCLI's (jsonargparse passes the class as an argument)
         target = next((a for a in target.args if isinstance(a, type)), target.func)
-    return f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', type(target).__name__)}".lstrip(".")
+    return class_path_of(target)

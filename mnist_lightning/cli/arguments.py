@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
 from jsonargparse import Namespace
 from jsonargparse.typing import PositiveInt
+from pytorch_lightning.cli import LightningArgumentParser
 
 from mnist_lightning.errors import UserInputError
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """LightningCLI's parser, whose refusals are one line on stderr (exit code 2) instead of the whole usage and a
+    multi-line message: a value outside its type (`--data.batch_size 0`), an unknown key, a bad class path."""
+
+    def error(self, message: str, *args: Any, **kwargs: Any) -> NoReturn:
+        if not self.exit_on_error:  # jsonargparse's own trial parses expect the exception it raises then
+            super().error(message, *args, **kwargs)
+        print(f"error: {' '.join(str(message).split())} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def add_project_arguments(parser: Any) -> None:

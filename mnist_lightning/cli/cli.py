@@ -27,7 +27,7 @@ from mnist_lightning.callbacks.resume import checkpoint_dir
 from mnist_lightning.checkpoints.files import load_checkpoint_file, remove_superseded_checkpoints
 from mnist_lightning.checkpoints.trust import check_saved_parts
 from mnist_lightning.cli import checkpoint_settings, console, failures, trainer_setup
-from mnist_lightning.cli.arguments import add_project_arguments, check_parsed
+from mnist_lightning.cli.arguments import OneLineErrorParser, add_project_arguments, check_parsed
 from mnist_lightning.cli.runs import RunConfigSaver, choose_run_folder, refuse_earlier_run, resolve_ckpt_path
 from mnist_lightning.data.datamodule import MNISTDataModule
 from mnist_lightning.models.classifier import MNISTClassifier
@@ -64,6 +64,7 @@ class MNISTLightningCLI(LightningCLI):
                 MNISTDataModule,
                 subclass_mode_model=True,
                 auto_configure_optimizers=False,
+                parser_class=OneLineErrorParser,
                 save_config_callback=RunConfigSaver,
                 parser_kwargs={sub: {"default_config_files": [str(DEFAULT_CONFIG)]} for sub in LIGHTNING_SUBCOMMANDS},
                 trainer_defaults={"callbacks": [*trainer_setup.always_on_callbacks(resume_hint), *(callbacks or [])]},

@@ -28,6 +28,7 @@ import torch
 from jsonargparse.typing import NonNegativeFloat, restricted_number_type
 from torch.nn import functional as F
 
+from mnist_lightning.checkpoints.parts import class_path_of
 from mnist_lightning.errors import UserInputError
 from mnist_lightning.types import UnitShare
 
@@ -174,4 +175,4 @@ def augment_config(augment: BatchAugment | None) -> dict[str, Any] | None:
     cls = type(augment)
     init_args = {k: v for k, v in vars(augment).items()
                  if not k.startswith("_") and (v is None or type(v) in (bool, int, float, str))}
-    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+    return {"class_path": class_path_of(cls), "init_args": init_args}

@@ -13,7 +13,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from mnist_lightning.checkpoints.parts import part_settings
+from mnist_lightning.checkpoints.parts import keep_saveable_hparams, part_settings
 from mnist_lightning.data.augment import BatchAugment, TrainingAugmentation, augment_config
 from mnist_lightning.data.deskew import deskew
 from mnist_lightning.data.digits import InMemoryDigits, PerSampleDigits, keep_batch
@@ -98,6 +98,7 @@ class MNISTDataModule(pl.LightningDataModule):
         # in Python is recorded the same way, so the checkpoint stays loadable weights-only.
         if isinstance(self.hparams.get("augment"), BatchAugment):
             self.hparams["augment"] = augment_config(augment)
+        keep_saveable_hparams(self)  # jsonargparse's PositiveInt and the like saved as built-in ints
         self.augment = augment
         self.data_dir = Path(data_dir)
         self.spec: DatasetSpec = DATASETS[dataset]

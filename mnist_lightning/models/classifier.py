@@ -28,7 +28,7 @@ from torchmetrics import MaxMetric, MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnist_lightning.checkpoints.loading import check_architecture, keep_part_configs, load_checked
-from mnist_lightning.checkpoints.parts import drop_unsaveable_parts
+from mnist_lightning.checkpoints.parts import keep_saveable_hparams
 from mnist_lightning.errors import quiet_warnings
 from mnist_lightning.models.metrics import TrainingMeans, values_reach_loggers
 from mnist_lightning.models.mlp import MLP
@@ -73,7 +73,7 @@ class MNISTClassifier(pl.LightningModule):
         super().__init__()
         with quiet_warnings(r".*is an instance of `nn.Module` and is already saved"):
             self.save_hyperparameters(logger=False)  # the HPARAMS row is callbacks/hparams.py's
-        drop_unsaveable_parts(self, PARTS)  # objects passed in Python are not data a checkpoint can hold
+        keep_saveable_hparams(self, PARTS)  # plain data only: a checkpoint must load weights-only
         self.net = net if net is not None else MLP(num_classes=int(num_classes))
         self.optimizer_factory: Callable[[Iterable[Any]], torch.optim.Optimizer] = optimizer
         self.lr_scheduler_factory = lr_scheduler

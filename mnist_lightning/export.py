@@ -3,8 +3,8 @@
     python -m mnist_lightning export --ckpt_path CKPT --format torchscript --output mnist.pt
     python -m mnist_lightning export --ckpt_path CKPT --format onnx --output mnist.onnx   # pip install -e ".[onnx]"
 
-The exported model is the checkpoint's net (any `nn.Module`) in eval mode (dropout off, batch-norm statistics frozen): it
-takes what `MNISTClassifier.forward` takes, a float batch (N, 1, 28, 28) of any N, scaled like the
+The exported model is the checkpoint's net (any `nn.Module`) in eval mode (dropout off, batch-norm statistics
+frozen): it takes what `MNISTClassifier.forward` takes, a float batch (N, 1, 28, 28) of any N, scaled like the
 run's training data (`x / 255`, then `(x - mean) / std` if the run normalised; the export prints
 which), and returns logits (N, classes). A run trained on deskewed digits (`--data.deskew true`)
 exports with `mnist_lightning.data.deskew.Deskew` as its first layer, so the file still takes the
@@ -144,10 +144,12 @@ def output_path(ckpt_path: str | Path, fmt: str, output: str | Path | None) -> P
     default = output is None or str(output) == ""
     target = ckpt.with_suffix(SUFFIXES[fmt]) if default else Path(output)
     if target.is_dir():
-        raise UserInputError(f"--output {target} is a folder: give a file name, e.g. {target / ('model' + SUFFIXES[fmt])}.")
+        suggestion = target / ("model" + SUFFIXES[fmt])
+        raise UserInputError(f"--output {target} is a folder: give a file name, e.g. {suggestion}.")
     same = target.exists() and os.path.samefile(target, ckpt) or target.resolve() == ckpt.resolve()
     if same:
-        which = f"the default output {target} (the checkpoint's name with {SUFFIXES[fmt]})" if default else f"--output {target}"
+        which = (f"the default output {target} (the checkpoint's name with {SUFFIXES[fmt]})" if default
+                 else f"--output {target}")
         suggestion = ckpt.with_name(f"{ckpt.stem}-{fmt}{SUFFIXES[fmt]}")
         raise UserInputError(f"{which} is the checkpoint {ckpt} itself, which the export would overwrite: "
                              f"pass another --output, e.g. {suggestion}.")

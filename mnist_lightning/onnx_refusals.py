@@ -56,7 +56,8 @@ def export_failure(err: torch.onnx.OnnxExporterError) -> UserInputError:
     for cause in chain:
         if isinstance(cause, GuardOnDataDependentSymNode):
             return UserInputError(
-                f"ONNX export cannot trace the net: its forward branches on the values of its input{_user_line(cause)}, "
+                "ONNX export cannot trace the net: its forward branches on the values of its "
+                f"input{_user_line(cause)}, "
                 f"which a traced graph cannot hold: {NOTHING_WRITTEN}; {TORCHSCRIPT}, or write the branch with "
                 "torch.where.")
         missing = re.search(r"No ONNX function found for <OpOverload\(op='([^']+)'", str(cause))

@@ -1,6 +1,7 @@
-"""SHA-256 digests of a run's trained weights, to prove that a code change trains bit for bit the same.
+r"""SHA-256 digests of a run's trained weights, to prove that a code change trains bit for bit the same.
 
-    python scripts/weights_digest.py -- --config configs/seed.yaml --trainer.max_epochs 1 --data.data_dir ../shared/data/mnist
+    python scripts/weights_digest.py -- --config configs/seed.yaml --trainer.max_epochs 1 \
+        --data.data_dir ../shared/data/mnist
     python scripts/weights_digest.py --ckpt lightning_logs/version_0/checkpoints/last.ckpt
 
 The first form runs `python -m mnist_lightning fit` with the arguments after `--` as a separate process, in

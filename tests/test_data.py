@@ -57,7 +57,8 @@ def test_same_split_for_the_same_seed_and_another_for_another_seed(shared_tiny_d
 def test_split_matches_torch_random_split():
     """The split is exactly what torch's random_split gives with the same generator seed."""
     train, val = split_indices(600, 100, seed=3)
-    ref_train, ref_val = torch.utils.data.random_split(range(600), [500, 100], generator=torch.Generator().manual_seed(3))
+    ref_train, ref_val = torch.utils.data.random_split(range(600), [500, 100],
+                                                       generator=torch.Generator().manual_seed(3))
     assert train == list(ref_train) and val == list(ref_val)
 
 
@@ -204,7 +205,8 @@ class _ProjectUnderPythonO:
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or spec.origin is None:
             return None
-        return importlib.util.spec_from_file_location(name, spec.origin, loader=_CompiledAsUnderPythonO(name, spec.origin),
+        return importlib.util.spec_from_file_location(name, spec.origin,
+                                                      loader=_CompiledAsUnderPythonO(name, spec.origin),
                                                       submodule_search_locations=spec.submodule_search_locations)
 
 

@@ -50,7 +50,8 @@ FRESH_INTERPRETER = (
     "nvml_after = step_loads()\n"
     "ctypes.CDLL = real\n"
     "with open(sys.argv[1], 'w') as f:\n"
-    "    json.dump({'same': same, 'nvml': {'loadable': loadable, 'flag': os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK'),"
+    "    json.dump({'same': same, 'nvml': {'loadable': loadable,"
+    " 'flag': os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK'),"
     " 'before': nvml_before, 'after': nvml_after}}, f)\n"
     # 3. a command ends with a plain interpreter exit: the atexit handler runs
     "marker = sys.argv[2]\n"

@@ -64,7 +64,8 @@ def fit_args(data: Path, epochs: int = 1) -> list[str]:
 
 
 def load(cwd: Path, name: str = "tiny") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{cwd / 'lightning_logs' / 'sweeps' / name / 'study.db'}")
+    storage = f"sqlite:///{cwd / 'lightning_logs' / 'sweeps' / name / 'study.db'}"
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def states(study: optuna.Study) -> Counter:
@@ -168,7 +169,8 @@ def test_sweep_command_refuses_a_trial_count_its_type_refuses(tmp_path: Path) ->
 def test_shipped_sweep_files_load() -> None:
     tutorial = load_sweep(PROJECT_ROOT / "configs" / "sweeps" / "tutorial.yaml")
     assert tutorial.configs == [SEED_CONFIG]
-    assert set(tutorial.search_space) == {"model.optimizer.init_args.lr", "model.net.init_args.hidden_sizes", "data.batch_size"}
+    assert set(tutorial.search_space) == {"model.optimizer.init_args.lr", "model.net.init_args.hidden_sizes",
+                                          "data.batch_size"}
     assert isinstance(tutorial.pruner, optuna.pruners.MedianPruner) and isinstance(tutorial.sampler, TrialSeededSampler)
     for name in ("mlp", "mlp_99", "mlp_deskew"):
         sweep = load_sweep(PROJECT_ROOT / "configs" / "sweeps" / f"{name}.yaml")
@@ -201,19 +203,22 @@ def test_unknown_search_space_key_is_refused_before_any_trial(shared_tiny_data: 
     result = run_cli("sweep", "--config", str(write_sweep(tmp_path, search_space=space)), *fit_args(shared_tiny_data),
                      cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
-    assert result.stderr.startswith("error: search_space model.net.init_args.hiden_sizes") and "not accepted" in result.stderr
+    assert (result.stderr.startswith("error: search_space model.net.init_args.hiden_sizes")
+            and "not accepted" in result.stderr)
     assert not (tmp_path / "lightning_logs").exists()  # no run folder, no study
 
 
 # ------------------------------------------------------------------------------------------- sweeps
 @pytest.mark.slow
-def test_sweep_runs_each_trial_as_a_fit_run_and_best_yaml_reproduces_the_best(shared_tiny_data: Path, tmp_path: Path) -> None:
+def test_sweep_runs_each_trial_as_a_fit_run_and_best_yaml_reproduces_the_best(shared_tiny_data: Path,
+                                                                              tmp_path: Path) -> None:
     sweep = write_sweep(tmp_path, n_trials=2)
     result = run_cli("sweep", "--config", str(sweep), *fit_args(shared_tiny_data), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     study = load(tmp_path)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 2
-    assert sorted(t.user_attrs["run_dir"] for t in study.trials) == [str(tmp_path / f"lightning_logs/version_{i}") for i in range(2)]
+    run_dirs = [str(tmp_path / f"lightning_logs/version_{i}") for i in range(2)]
+    assert sorted(t.user_attrs["run_dir"] for t in study.trials) == run_dirs
     for trial in study.trials:  # an ordinary run each, trained with the trial's own parameters
         run = tmp_path / trial.user_attrs["run_dir"]
         assert (tmp_path / trial.user_attrs["best_checkpoint"]).is_file() and list(run.glob("events.out.tfevents.*"))
@@ -225,7 +230,8 @@ def test_sweep_runs_each_trial_as_a_fit_run_and_best_yaml_reproduces_the_best(sh
     best = yaml.safe_load((tmp_path / "lightning_logs" / "sweeps" / "tiny" / "best.yaml").read_text())
     assert best["trainer"]["logger"]["init_args"]["version"] is None
     command = re.search(r"Reproduce it with: (.+)", result.stdout).group(1)
-    assert shlex.split(command)[1:] == ["-m", "mnist_lightning", "fit", "--config", "lightning_logs/sweeps/tiny/best.yaml"]
+    assert shlex.split(command)[1:] == ["-m", "mnist_lightning", "fit", "--config",
+                                        "lightning_logs/sweeps/tiny/best.yaml"]
     # A real shell and process: the subject is the printed command, pasted as it is.
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     refit = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -248,7 +254,8 @@ def test_sweep_over_the_optimizer_class_and_a_net_argument(shared_tiny_data: Pat
     space = {"model.optimizer": {"type": "categorical", "choices": ["torch.optim.Adam", "torch.optim.SGD"]},
              "model.net.init_args.dropout": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.1}}
     # Sampler seed 2: its two trials draw Adam, then SGD (the sampler is reseeded per trial, so this is fixed).
-    sweep = write_sweep(tmp_path, n_trials=2, search_space=space, sampler={"class_path": "optuna.samplers.TPESampler", "init_args": {"seed": 2}})
+    sweep = write_sweep(tmp_path, n_trials=2, search_space=space,
+                        sampler={"class_path": "optuna.samplers.TPESampler", "init_args": {"seed": 2}})
     result = run_cli("sweep", "--config", str(sweep), *fit_args(shared_tiny_data), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     trials = load(tmp_path).trials
@@ -269,7 +276,8 @@ def test_sweep_over_the_optimizer_class_and_a_net_argument(shared_tiny_data: Pat
 
 
 @pytest.mark.slow
-def test_killed_sweep_started_again_finishes_without_counting_a_trial_twice(shared_tiny_data: Path, tmp_path: Path) -> None:
+def test_killed_sweep_started_again_finishes_without_counting_a_trial_twice(shared_tiny_data: Path,
+                                                                            tmp_path: Path) -> None:
     # The same command both times; HoldRun (off in the restart) keeps trial 1 mid-training until the kill.
     args = ["sweep", "--config", str(write_sweep(tmp_path, n_trials=2, search_space=ONE_POINT)),
             *fit_args(shared_tiny_data), "--trainer.callbacks+=test_experiments.HoldRun"]
@@ -305,7 +313,8 @@ def test_killed_sweep_started_again_finishes_without_counting_a_trial_twice(shar
 @pytest.mark.slow
 def test_hopeless_trial_is_stopped_and_recorded_as_pruned(shared_tiny_data: Path, tmp_path: Path) -> None:
     # ThresholdPruner(lower=2): no accuracy reaches 2, so the first report prunes, deterministically.
-    sweep = write_sweep(tmp_path, n_trials=1, search_space=ONE_POINT, pruner={"class_path": "optuna.pruners.ThresholdPruner", "init_args": {"lower": 2.0}})
+    sweep = write_sweep(tmp_path, n_trials=1, search_space=ONE_POINT,
+                        pruner={"class_path": "optuna.pruners.ThresholdPruner", "init_args": {"lower": 2.0}})
     result = run_cli("sweep", "--config", str(sweep), *fit_args(shared_tiny_data, epochs=3), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (trial,) = load(tmp_path).trials
@@ -327,12 +336,13 @@ def test_diverged_trial_is_pruned_not_a_sweep_error(shared_tiny_data: Path, tmp_
 
 @pytest.mark.slow
 def test_two_workers_share_one_study(shared_tiny_data: Path, tmp_path: Path) -> None:
-    # Real processes (forked with the project imported): the subject is two workers side by side. AwaitPeer makes each worker's first trial
-    # wait for the other worker's, so both are up before either could finish the study alone.
+    # Real processes (forked with the project imported): the subject is two workers side by side. AwaitPeer
+    # makes each worker's first trial wait for the other worker's, so both are up before either could finish
+    # the study alone.
     peers = tmp_path / "peers"
     peers.mkdir()
-    args = ["sweep", "--config", str(write_sweep(tmp_path, n_trials=3, search_space=ONE_POINT)), *fit_args(shared_tiny_data),
-            "--trainer.callbacks+=test_experiments.AwaitPeer"]
+    args = ["sweep", "--config", str(write_sweep(tmp_path, n_trials=3, search_space=ONE_POINT)),
+            *fit_args(shared_tiny_data), "--trainer.callbacks+=test_experiments.AwaitPeer"]
     env = {**probe_env(), "AWAIT_PEER_DIR": str(peers)}
     workers = [start_forked(*args, cwd=tmp_path, log=tmp_path / f"worker{i}.log", env=env) for i in range(2)]
     for i, worker in enumerate(workers):
@@ -371,7 +381,8 @@ def test_seeds_fits_and_tests_each_seed_and_prints_mean_and_std(shared_tiny_data
     assert result.returncode == 0, result.stderr[-3000:]
     rows = re.findall(r"^(\d)\s+best-val\s+(\d+\.\d\d)\s+(\d+\.\d\d)\s+[\d.]+\s+(lightning_logs/version_\d)$",
                       result.stdout, re.M)
-    assert [r[0] for r in rows] == ["0", "1"] and [r[3] for r in rows] == ["lightning_logs/version_0", "lightning_logs/version_1"]
+    assert ([r[0] for r in rows] == ["0", "1"]
+            and [r[3] for r in rows] == ["lightning_logs/version_0", "lightning_logs/version_1"])
     val_accs, test_accs, weights = [], [], []
     for seed, val_acc, test_acc, run in rows:
         assert yaml.safe_load((tmp_path / run / "config.yaml").read_text())["seed_everything"] == int(seed)
@@ -379,8 +390,9 @@ def test_seeds_fits_and_tests_each_seed_and_prints_mean_and_std(shared_tiny_data
         (best,) = (tmp_path / run / "checkpoints").glob("epoch*-val_acc*.ckpt")
         best_val = float(re.search(r"val_acc([\d.]+)\.ckpt$", best.name).group(1))
         assert val_acc == f"{100 * best_val:.2f}", (best.name, val_acc)
-        test = run_cli("test", "--ckpt_path", str(best), "--data.data_dir", str(shared_tiny_data), "--data.verify", "false",
-                       "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", cwd=tmp_path)
+        test = run_cli("test", "--ckpt_path", str(best), "--data.data_dir", str(shared_tiny_data),
+                       "--data.verify", "false", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+                       cwd=tmp_path)
         assert test.returncode == 0, test.stderr[-3000:]
         correct, total = got_line(test.stdout)
         assert total == 200 and test_acc == f"{100 * correct / total:.2f}", (test.stdout[-1000:], test_acc)

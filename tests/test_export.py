@@ -90,7 +90,8 @@ def reference(trained) -> tuple[torch.Tensor, torch.Tensor]:
     saved_net = checkpoint["hyper_parameters"]["net"]
     assert saved_net["class_path"] == "mnist_lightning.models.MLP", saved_net
     net = MLP(**saved_net["init_args"])
-    net.load_state_dict({k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")})
+    net.load_state_dict({k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items()
+                         if k.startswith("net.")})
     images = _test_images(data, normalize=True)
     with torch.no_grad():
         return images, net.eval()(images)
@@ -177,7 +178,8 @@ def test_export_onto_its_own_checkpoint_is_refused_and_it_stays_unchanged(traine
     before = model.read_bytes()
     # From the command line: the default output name, and a link to the checkpoint.
     _one_line_error(_export(tmp_path, "--ckpt_path", "model.pt", "--format", "torchscript"),
-                    "the default output model.pt (the checkpoint's name with .pt) is the checkpoint", "pass another --output")
+                    "the default output model.pt (the checkpoint's name with .pt) is the checkpoint",
+                    "pass another --output")
     _one_line_error(_export(tmp_path, "--ckpt_path", "model.pt", "--format", "onnx", "--output", "link.onnx"),
                     "--output link.onnx is the checkpoint model.pt itself", "pass another --output")
     # The same path spelled differently, in process.
@@ -244,12 +246,14 @@ def test_export_never_overwrites_a_checkpoint_or_a_record_of_the_run(trained_run
     before = {path: path.read_bytes() for path in owned}
     for path, what in owned.items():
         result = _export(tmp_path, "--ckpt_path", str(last), "--format", "onnx", "--output", str(path))
-        _one_line_error(result, f"--output {path} {what}", "nothing was written", "pass another --output, e.g. --output")
+        _one_line_error(result, f"--output {path} {what}", "nothing was written",
+                        "pass another --output, e.g. --output")
     assert {path: path.read_bytes() for path in owned} == before
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or p.suffix == ".onnx" and not p.is_symlink()]
     # A previous export of the same format, and the default output beside the checkpoint, are replaced.
     for _ in range(2):
-        assert _export(tmp_path, "--ckpt_path", str(last), "--format", "torchscript", "--output", "m.pt").returncode == 0
+        assert _export(tmp_path, "--ckpt_path", str(last), "--format", "torchscript",
+                       "--output", "m.pt").returncode == 0
         assert _export(tmp_path, "--ckpt_path", str(last), "--format", "torchscript").returncode == 0
     _torchscript(tmp_path / "m.pt")
     _torchscript(last.with_suffix(".pt"))
@@ -374,7 +378,8 @@ class HalfPrecision(Linear):
         return self.fc((x.flatten(1).to(torch.bfloat16) * 2).float())
 '''
 HOSTILE_NETS = {
-    "Branching": ("its forward branches on the values of its input", f"{HOSTILE_MODULE}.py:16 `if x.mean() > 0.5:`", "--format torchscript"),
+    "Branching": ("its forward branches on the values of its input", f"{HOSTILE_MODULE}.py:16 `if x.mean() > 0.5:`",
+                  "--format torchscript"),
     "FixedBatch": ("fixed batch size", "x.flatten(1)", "--format torchscript"),
     "RunningMax": ("aten.cummax", "has no ONNX equivalent", "--format torchscript"),
     "HalfPrecision": ("onnxruntime cannot run the exported model", "Mul", "--format torchscript"),

@@ -205,7 +205,8 @@ def test_a_fit_that_trains_nothing_says_why(option, why, shared_tiny_data, tmp_p
 def test_a_resumed_finished_run_says_so_and_logs_no_second_best_value(trained_run_copy):
     run_dir = trained_run_copy.run_dir
     before = _points(run_dir)["hp/val_acc_best"]
-    result = run_cli("fit", "--config", str(run_dir / "config.yaml"), "--ckpt_path", "last", cwd=trained_run_copy.workdir)
+    result = run_cli("fit", "--config", str(run_dir / "config.yaml"), "--ckpt_path", "last",
+                     cwd=trained_run_copy.workdir)
     assert result.returncode == 0, result.stderr
     assert _points(run_dir)["hp/val_acc_best"] == before  # not another point at step 0
     assert "nothing trained: the checkpoint has already trained 2 epochs" in result.stderr

@@ -45,7 +45,8 @@ SETUPS: dict[str, Callable[[], dict[str, Any]]] = {
                                    optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=1e-3)),
     "mlp_sgd_steplr_per_step": lambda: dict(net=MLP([32], batch_norm=True), lr_scheduler_interval="step",
                                             optimizer=partial(torch.optim.SGD, lr=0.1),
-                                            lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=5, gamma=0.7)),
+                                            lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=5,
+                                                                 gamma=0.7)),
 }
 
 
@@ -79,7 +80,8 @@ def test_the_fast_class_ends_with_the_idiomatic_class_weights_bit_for_bit(setup,
             assert torch.equal(value, fast[name]), (k, name)
         for metric in ("train/acc", "val/acc", "val/loss"):
             assert trainer.callback_metrics[metric] == trainer_idiomatic.callback_metrics[metric], (k, metric)
-        assert trainer.callback_metrics["train/loss"] == pytest.approx(float(trainer_idiomatic.callback_metrics["train/loss"]))
+        assert trainer.callback_metrics["train/loss"] == pytest.approx(
+            float(trainer_idiomatic.callback_metrics["train/loss"]))
         lr, reference_lr = (t.optimizers[0].param_groups[0]["lr"] for t in (trainer, trainer_idiomatic))
         assert lr == reference_lr, (k, "the schedule took another number of steps")
 

@@ -163,7 +163,8 @@ def test_loss_smooths_the_labels_in_training_only():
     logits, targets = torch.randn(8, 10), torch.randint(0, 10, (8,))
     plain = F.cross_entropy(logits, targets)
     assert torch.equal(model.loss(logits, targets), plain)
-    assert torch.equal(model.loss(logits, targets, training=True), F.cross_entropy(logits, targets, label_smoothing=0.2))
+    assert torch.equal(model.loss(logits, targets, training=True),
+                       F.cross_entropy(logits, targets, label_smoothing=0.2))
     assert not torch.equal(model.loss(logits, targets, training=True), plain)
     batch = (torch.rand(8, 1, 28, 28), targets)
     with torch.no_grad():
@@ -231,7 +232,8 @@ def test_checkpoint_of_another_architecture_is_refused_with_nothing_loaded(train
     with pytest.raises(CheckpointError) as info:
         model.on_load_checkpoint(checkpoint)
     message = str(info.value)
-    assert "the checkpoint's net (model.net='mnist_lightning.models.MLP', model.net.init_args.hidden_sizes=[50]" in message
+    assert ("the checkpoint's net (model.net='mnist_lightning.models.MLP', "
+            "model.net.init_args.hidden_sizes=[50]") in message
     assert "does not match this model's net (mnist_lightning.models.MLP)" in message
     assert "net.layers.1.weight: checkpoint (50, 784) vs model (40, 784)" in message
     assert "net.layers.3.weight: checkpoint (10, 50) vs model (10, 40)" in message
@@ -369,7 +371,8 @@ def test_cosine_ends_at_eta_min_after_the_steps_given():
 
 
 # ------------------------------------------------------------------ every Trainer flag works with the idiomatic class
-def _fit_idiomatic(data_dir: Path, tmp_path: Path, model: MNISTClassifier | None = None, **trainer_kwargs) -> pl.Trainer:
+def _fit_idiomatic(data_dir: Path, tmp_path: Path, model: MNISTClassifier | None = None,
+                   **trainer_kwargs) -> pl.Trainer:
     pl.seed_everything(3)
     dm = MNISTDataModule(data_dir=str(data_dir), verify=False, val_size=100, batch_size=32)  # 16 batches an epoch
     trainer = _trainer(tmp_path, **{"max_epochs": 2, **trainer_kwargs})

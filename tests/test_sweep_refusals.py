@@ -212,7 +212,8 @@ class HoldTrial(Callback):
 
 
 def ctrl_c_in_trial(data: Path, tmp_path: Path, hold_at: str) -> tuple[int, str]:
-    """Start a one-trial sweep, press Ctrl+C (SIGINT to the process group) where HoldTrial holds: exit code and output."""
+    """Start a one-trial sweep, press Ctrl+C (SIGINT to the process group) where HoldTrial holds: exit code and
+    output."""
     hold = tmp_path / "hold"
     hold.mkdir()
     args = ["sweep", "--config", str(write_sweep(tmp_path)), *fit_args(data),

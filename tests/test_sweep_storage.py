@@ -1,6 +1,7 @@
-"""Sweep storages (mnist_lightning/sweeps/storage.py, heartbeat.py): `--storage` parsed and checked; three workers, each in a folder
-of its own as on three machines, on a real PostgreSQL server and on one journal file, one of them SIGKILLed mid-trial
-and started again; the SLURM recipe run with bash as SLURM would run its array tasks.
+"""Sweep storages (mnist_lightning/sweeps/storage.py, heartbeat.py): `--storage` parsed and checked; three
+workers, each in a folder of its own as on three machines, on a real PostgreSQL server and on one journal
+file, one of them SIGKILLed mid-trial and started again; the SLURM recipe run with bash as SLURM would run
+its array tasks.
 
 The PostgreSQL test starts a throwaway server itself (Debian's initdb/pg_ctl, as an unprivileged user when run
 as root), on 127.0.0.1 and a free port, and stops it at the end. Where the server or the psycopg driver is
@@ -70,7 +71,8 @@ def test_default_is_a_sqlite_file_in_the_sweep_folder(tmp_path):
 
 
 def test_journal_names_a_file_after_the_prefix(tmp_path, monkeypatch):
-    assert parse_storage("journal:/shared/sweeps/mnist.log", tmp_path) == StorageSpec("journal", "/shared/sweeps/mnist.log")
+    assert (parse_storage("journal:/shared/sweeps/mnist.log", tmp_path)
+            == StorageSpec("journal", "/shared/sweeps/mnist.log"))
     monkeypatch.chdir(tmp_path)
     spec = parse_storage("journal:sweeps/mnist.log", tmp_path)  # relative to the working folder, made absolute
     assert spec.target == str(tmp_path / "sweeps" / "mnist.log") and spec.shown == f"journal:{spec.target}"
@@ -88,7 +90,8 @@ def test_a_database_url_is_shown_without_its_password(tmp_path):
     "postgresql://sweeper@db.example/optuna?application_name=mnist&PASSWORD=SECRET&password=SECRET",
 ])
 def test_every_password_a_url_carries_is_masked(tmp_path, url):
-    """libpq takes a password from the URL's userinfo or from its query (`password`, `sslpassword`): neither is shown."""
+    """libpq takes a password from the URL's userinfo or from its query (`password`, `sslpassword`): neither is
+    shown."""
     shown = parse_storage(url, tmp_path).shown
     assert "SECRET" not in shown and "sweeper" in shown and "db.example" in shown, shown
     assert "application_name=mnist" in shown or "application_name" not in url  # what is not a secret stays readable
@@ -131,7 +134,8 @@ def test_a_port_that_is_not_a_port_is_one_line(shared_tiny_data, tmp_path, port)
 @pytest.mark.parametrize(("value", "message"), [
     ("journal:", "name the journal file after `journal:`"),
     ("study.db", "--storage takes sqlite:///PATH, journal:PATH"),
-    ("sweeper:SECRET@db.example/optuna?password=SECRET", "got 'sweeper:\\*\\*\\*@db.example/optuna\\?password=\\*\\*\\*'"),
+    ("sweeper:SECRET@db.example/optuna?password=SECRET",
+     "got 'sweeper:\\*\\*\\*@db.example/optuna\\?password=\\*\\*\\*'"),
 ])
 def test_other_forms_are_refused(tmp_path, value, message):
     with pytest.raises(UserInputError, match=message) as caught:
@@ -231,7 +235,8 @@ def test_a_worker_whose_trial_another_worker_failed_goes_on(tmp_path, capsys, th
         assert heartbeat.file("s", trial.number).is_file()  # beating while it runs
         if trial.number == 0:  # what another worker's fail_stale_journal_trials does to a worker paused too long
             study_id = storage.get_study_id_from_name("s")
-            storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(study_id, 0), TrialState.FAIL)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, 0)
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
             if then == "writes":  # e.g. the next epoch's report: Optuna refuses it
                 trial.report(0.5, step=1)
         return 1.0
@@ -257,7 +262,8 @@ def test_importances_say_so_when_the_trials_cannot_tell():
     study = optuna.create_study(direction="maximize")
     assert importances_table(study) == "Parameter importances: need at least 2 complete trials."
     study.optimize(lambda t: 1.0 + 0 * t.suggest_float("model.lr", 0, 1), n_trials=3)  # no option changes anything
-    assert importances_table(study) == "Parameter importances: the 3 complete trials do not tell the searched options apart."
+    assert importances_table(study) == ("Parameter importances: the 3 complete trials do not tell the searched "
+                                        "options apart.")
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -272,7 +278,8 @@ def postgres_bindir() -> Path | None:
     """The folder of Debian's initdb and pg_ctl (not on PATH there), or of the ones on PATH."""
     candidates = []
     if shutil.which("pg_config"):
-        candidates.append(Path(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip()))
+        pg_config = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
+        candidates.append(Path(pg_config.stdout.strip()))
     newest_first = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True,
                           key=lambda p: [int(n) for n in re.findall(r"\d+", p.parent.name)])
     candidates += newest_first
@@ -307,9 +314,10 @@ def postgres_url() -> Iterator[str]:
     data, port = home / "data", free_port()
     options = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={home} -c fsync=off"
     try:
-        for command in ([*as_user, bindir / "initdb", "-D", data, "-U", "sweeper", "--auth=trust", "-E", "UTF8", "--no-sync"],
-                        [*as_user, bindir / "pg_ctl", "-D", data, "-l", home / "server.log", "-w", "-t", "60", "-o", options,
-                         "start"],
+        for command in ([*as_user, bindir / "initdb", "-D", data, "-U", "sweeper", "--auth=trust", "-E", "UTF8",
+                         "--no-sync"],
+                        [*as_user, bindir / "pg_ctl", "-D", data, "-l", home / "server.log", "-w", "-t", "60",
+                         "-o", options, "start"],
                         [bindir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "sweeper", "optuna"]):
             done = subprocess.run(command, capture_output=True, text=True, timeout=120)
             if done.returncode != 0:
@@ -369,7 +377,8 @@ def fit_args(data: Path, epochs: int) -> list[str]:
 def reader(storage: str) -> optuna.storages.BaseStorage:
     """A plain Optuna storage on the study, for the test to watch it (no heartbeat, no writes)."""
     if storage.startswith("journal:"):
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage.removeprefix("journal:")))
+        backend = optuna.storages.journal.JournalFileBackend(storage.removeprefix("journal:"))
+        return optuna.storages.JournalStorage(backend)
     return optuna.storages.RDBStorage(storage)
 
 
@@ -448,7 +457,8 @@ def test_three_workers_in_their_own_folders_share_one_study_and_survive_a_sigkil
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     capsys.readouterr()
-    sweep_main(["--config", str(tmp_path / "tiny.yaml"), "--storage", storage, "--summary"])  # in-process: one start less
+    sweep_main(["--config", str(tmp_path / "tiny.yaml"), "--storage", storage,
+                "--summary"])  # in-process: one start less
     summary = capsys.readouterr().out
     with capsys.disabled():
         print(f"\n{summary}")  # the trial table (states, hosts, folders) for the record: pytest -s

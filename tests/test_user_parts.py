@@ -235,8 +235,8 @@ def test_a_net_without_num_classes_is_refused_with_one_line_naming_it(user_run, 
 
 
 def test_a_net_that_returns_a_tuple_is_refused_with_one_line_before_training(user_run, tmp_path):
-    result = run_cli("fit", "--data.data_dir", str(user_run.data_dir), *TINY_ARGS, "--model.net", "my_nets.WithFeatures",
-                     cwd=tmp_path, env=user_run.env)
+    result = run_cli("fit", "--data.data_dir", str(user_run.data_dir), *TINY_ARGS,
+                     "--model.net", "my_nets.WithFeatures", cwd=tmp_path, env=user_run.env)
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and result.stderr.strip().endswith(errors[0]) and "Traceback" not in result.stderr
@@ -281,6 +281,7 @@ def test_a_resume_refuses_a_changed_setting_of_a_users_net(user_run, tmp_path):
     result = run_cli("fit", "--config", str(run.run_dir / "config.yaml"), "--ckpt_path", "last",
                      "--model.net.init_args.width", "8", cwd=run.workdir, env=run.env)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "model.net.init_args.width=8" in result.stderr and "model.net.init_args.width=16" in result.stderr, result.stderr
+    assert ("model.net.init_args.width=8" in result.stderr
+            and "model.net.init_args.width=16" in result.stderr), result.stderr
     assert run.last.read_bytes() == before
     assert sorted(p.name for p in (run.workdir / "lightning_logs").iterdir()) == ["version_0"]

@@ -79,7 +79,8 @@ class PredictionTable(BasePredictionWriter):
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             shares: list[Any] = [None] * trainer.world_size
             torch.distributed.all_gather_object(shares, (indices, probs))
-            by_index = {i: row for share_indices, share_probs in shares for i, row in zip(share_indices, share_probs, strict=True)}
+            by_index = {i: row for share_indices, share_probs in shares
+                        for i, row in zip(share_indices, share_probs, strict=True)}
             indices = sorted(by_index)
             probs = torch.stack([by_index[i] for i in indices]) if indices else probs
         return indices, probs
@@ -116,6 +117,7 @@ class PredictionTable(BasePredictionWriter):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise UserInputError(f"could not write --predictions_csv {console_name(path)}: {err.strerror or err}") from None
+            raise UserInputError(f"could not write --predictions_csv {console_name(path)}: "
+                                 f"{err.strerror or err}") from None
         write_atomically(path, lambda f: f.write(data), what="--predictions_csv")
         print(f"Wrote {len(self.rows)} predictions to {console_name(path)}")

@@ -112,7 +112,8 @@ class ElasticJitter(AffineJitter):
         field = torch.rand(n, 2, height, width, generator=generator) * 2 - 1
         field = _gaussian_blur(field.to(images.device, images.dtype), self.sigma)
         # Pixels to grid_sample's coordinates: x (last axis of the grid) spans the width, y the height.
-        scale = torch.tensor([2 * self.alpha / width, 2 * self.alpha / height], device=images.device, dtype=images.dtype)
+        scale = torch.tensor([2 * self.alpha / width, 2 * self.alpha / height],
+                             device=images.device, dtype=images.dtype)
         return grid + field.permute(0, 2, 3, 1) * scale
 
 
@@ -157,7 +158,8 @@ class TrainingAugmentation:
         return self.augment(images - self.background, generator) + self.background
 
     def __call__(self, batch: Any, rank: int, epoch: int, index: int) -> Any:
-        """A batch `(images, labels, ...)` (tuple or list, as the collate function made it) with its images augmented."""
+        """A batch `(images, labels, ...)` (tuple or list, as the collate function made it) with its images
+        augmented."""
         images = self.images(batch[0], rank, epoch, index)
         if images.shape != batch[0].shape or images.dtype != batch[0].dtype:
             name = f"{type(self.augment).__module__}.{type(self.augment).__qualname__}"

@@ -163,7 +163,8 @@ class MNISTDataModule(pl.LightningDataModule):
             images, labels = self._decoded(train=True, keep=False)
             if self.hparams.val_size >= len(images):
                 raise UserInputError(
-                    f"data.val_size must be smaller than the {len(images)} training images; got {self.hparams.val_size}."
+                    f"data.val_size must be smaller than the {len(images)} training images; "
+                    f"got {self.hparams.val_size}."
                 )
             n_train = len(images) - self.hparams.val_size  # rows are in split order: see _decoded
             self.train_set = self._dataset(images[:n_train], labels[:n_train])
@@ -171,7 +172,8 @@ class MNISTDataModule(pl.LightningDataModule):
             world = self.trainer.world_size if self.trainer is not None else 1
             if world > 1:  # batch semantics under DDP, stated once (docs/scaling.md, "Batch size")
                 batch = self.hparams.batch_size
-                rank_zero_info(f"Training batch: {batch} per process x {world} processes = global batch {batch * world}.")
+                rank_zero_info(f"Training batch: {batch} per process x {world} processes = "
+                               f"global batch {batch * world}.")
         if False in needed and self.test_set is None:
             self.test_set = self._dataset(*self._decoded(train=False, keep=False))
         if stage in (None, "predict") and self.predict_set is None:
@@ -237,7 +239,8 @@ class MNISTDataModule(pl.LightningDataModule):
         """In order, `eval_batch_size` at a time; `shard=False` leaves DDP sharding to Lightning."""
         assert dataset is not None, "call setup() for this stage first"
         sampler = eval_sampler(self.trainer, dataset) if shard else None
-        return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, sampler=sampler, **self._loader_kwargs(dataset))
+        return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, sampler=sampler,
+                          **self._loader_kwargs(dataset))
 
     def val_dataloader(self) -> DataLoader | list:
         # No loader is Lightning's way of saying "no validation": no sanity check, no validation epochs.

@@ -1,4 +1,5 @@
-"""The MNIST-family datasets and their IDX files: what each dataset is, and how its files are found, verified and decoded.
+"""The MNIST-family datasets and their IDX files: what each dataset is, and how its files are found,
+verified and decoded.
 
 `DATASETS` holds what distinguishes MNIST, Fashion-MNIST and KMNIST (files, checksums, statistics,
 class names); all three share the IDX format, the 60,000/10,000 split and 28x28 grey images, so one
@@ -176,7 +177,8 @@ def _open(path: Path) -> BinaryIO:
     return gzip.open(path, "rb")
 
 
-def read_idx(path: Path, file: IdxFile, verify_checksum: bool = True, order: torch.Tensor | None = None) -> torch.Tensor:
+def read_idx(path: Path, file: IdxFile, verify_checksum: bool = True,
+             order: torch.Tensor | None = None) -> torch.Tensor:
     """Decode one IDX file (.gz or decompressed) into a uint8 tensor: images (N, 28, 28) or labels (N,).
 
     Raises DataFileError naming the file for a wrong magic number, a truncated or oversized body,
@@ -214,7 +216,8 @@ def read_idx(path: Path, file: IdxFile, verify_checksum: bool = True, order: tor
     except PermissionError:
         raise _unreadable(path) from None
     except (OSError, EOFError, zlib.error) as err:
-        raise DataFileError(f"{path} is a truncated or corrupt gzip file ({err}); replace it with the official one.") from None
+        raise DataFileError(f"{path} is a truncated or corrupt gzip file ({err}); "
+                            "replace it with the official one.") from None
     if expected_checksum is not None and digest is not None and digest.hexdigest() != expected_checksum[1]:
         algorithm = "SHA-256" if expected_checksum[0] == "sha256" else "MD5"
         raise DataFileError(

@@ -63,7 +63,8 @@ def sweep_main(argv: Sequence[str]) -> None:
         description="Run (or continue) an Optuna sweep; other options are fit options applied to every trial.")
     parser.add_argument("--config", required=True, action="append", type=Path, help="the sweep file")
     parser.add_argument("--n_trials", type=PositiveInt, help="total finished trials of the study (overrides the file)")
-    parser.add_argument("--timeout", type=PositiveFloat, help="start no trial after this many seconds (overrides the file)")
+    parser.add_argument("--timeout", type=PositiveFloat,
+                        help="start no trial after this many seconds (overrides the file)")
     parser.add_argument("--storage", help="sqlite:///FILE (default <logs>/sweeps/<name>/study.db, one machine), "
                         "journal:FILE (a shared filesystem) or a database URL (postgresql+psycopg://user@host/db)")
     parser.add_argument("--name", help="study name (default: the sweep file's name)")
@@ -111,7 +112,8 @@ def sweep_main(argv: Sequence[str]) -> None:
             check_trials_share(study, trial_settings(config, sweep), storage)
             heartbeat = heartbeat_of(storage, opened, sweep.heartbeat)
             print(f"Sweep {name!r}: study {storage.shown}, {sweep.direction} {sweep.metric}, "
-                  f"{n_trials if n_trials is not None else 'unlimited'} trials, timeout {timeout or 'none'}.", flush=True)
+                  f"{n_trials if n_trials is not None else 'unlimited'} trials, timeout {timeout or 'none'}.",
+                  flush=True)
             try:
                 run_trials(study, Objective(sweep, base_args, n_trials), n_trials, timeout,
                            poll_s=min(sweep.heartbeat.interval, 5), heartbeat=heartbeat)

@@ -38,7 +38,8 @@ class Stats:
         return f"{self.mean * scale:.{digits}f} ± {std}"
 
     def text(self, scale: float = 1.0, digits: int = 2) -> str:
-        return f"{self.mean_std(scale, digits)}  (min {self.low * scale:.{digits}f}, max {self.high * scale:.{digits}f})"
+        return (f"{self.mean_std(scale, digits)}  (min {self.low * scale:.{digits}f}, "
+                f"max {self.high * scale:.{digits}f})")
 
 
 def summarize(values: Sequence[float]) -> Stats:
@@ -137,6 +138,8 @@ def seeds_main(argv: Sequence[str]) -> None:
     test = summarize([r.test_acc for r in runs])
     val = _val_stats(runs, lambda stats: stats.mean_std(100)).split(" (")[0]
     protocols = " ".join(dict.fromkeys(r.protocol for r in runs))
-    print("\nAs a row of docs/results.md's table (config | protocol | seeds | val acc % | test acc % | test min-max | fit s):")
-    print(f"| {' '.join(args.config)} | {protocols} | {' '.join(map(str, args.seeds))} | {val} | {test.mean_std(100)} | "
-          f"{100 * test.low:.2f}-{100 * test.high:.2f} | {statistics.mean(r.fit_seconds for r in runs):.0f} |")
+    print("\nAs a row of docs/results.md's table "
+          "(config | protocol | seeds | val acc % | test acc % | test min-max | fit s):")
+    print(f"| {' '.join(args.config)} | {protocols} | {' '.join(map(str, args.seeds))} | {val} | "
+          f"{test.mean_std(100)} | {100 * test.low:.2f}-{100 * test.high:.2f} | "
+          f"{statistics.mean(r.fit_seconds for r in runs):.0f} |")

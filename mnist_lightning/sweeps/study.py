@@ -95,7 +95,8 @@ def check_trials_share(study: optuna.Study, settings: dict[str, Any], storage: S
     if differences:
         more = f" (and {len(differences) - 3} more)" if len(differences) > 3 else ""
         raise UserInputError(
-            f"the study {study.study_name!r} in {storage.shown} holds trials trained otherwise: {'; '.join(differences[:3])}"
+            f"the study {study.study_name!r} in {storage.shown} holds trials trained otherwise: "
+            f"{'; '.join(differences[:3])}"
             f"{more}. Its trials would not compare with these: give the study's settings again, or start a new study "
             "with --name NEW_NAME.")
 
@@ -107,12 +108,14 @@ def open_study(name: str, spec: StorageSpec, sweep: Sweep, create: bool = True) 
         try:
             storage = open_storage(spec, sweep.heartbeat)
             if not create:
-                return optuna.load_study(study_name=name, storage=storage, sampler=sweep.sampler, pruner=sweep.pruner), storage
+                return optuna.load_study(study_name=name, storage=storage, sampler=sweep.sampler,
+                                         pruner=sweep.pruner), storage
             study = optuna.create_study(study_name=name, storage=storage, sampler=sweep.sampler, pruner=sweep.pruner,
                                         direction=sweep.direction, load_if_exists=True)
             break
         except KeyError:
-            raise UserInputError(f"no sweep named {name!r} in {url}: run the sweep first (same --name and --storage).") from None
+            raise UserInputError(f"no sweep named {name!r} in {url}: "
+                                 "run the sweep first (same --name and --storage).") from None
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as err:
             if attempt == 2:  # (earlier attempts: another worker was creating the same tables)
                 raise UserInputError(f"cannot open the sweep's storage {url}: {first_line(err)}") from None

@@ -64,7 +64,8 @@ class SweepStopped(BaseException):
 
 
 def ignore_further_interrupts() -> None:
-    """After the first Ctrl+C: the trial is being marked failed and the sweep is ending; a second must not break that."""
+    """After the first Ctrl+C: the trial is being marked failed and the sweep is ending; a second must not
+    break that."""
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     except ValueError:  # not the main thread
@@ -93,7 +94,8 @@ class Objective:
                       if t.number < trial.number]
             if len(before) >= self.n_trials:
                 trial.set_user_attr("surplus", True)
-                raise _SurplusTrial(f"trial {trial.number} not needed: the study already has its {self.n_trials} trials")
+                raise _SurplusTrial(f"trial {trial.number} not needed: "
+                                    f"the study already has its {self.n_trials} trials")
         params = {key: suggest(trial, key, d) for key, d in self.sweep.search_space.items()}
         args = ["fit", *self.base_args, *(a for k, v in params.items() for a in (f"--{k}", cli_value(v))), *ONE_DEVICE]
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -102,7 +104,8 @@ class Objective:
         stop = None
         try:
             with in_process():
-                cli = MNISTLightningCLI(args=args, callbacks=[pruning], resume_hint=False)  # the sweep says how to go on
+                cli = MNISTLightningCLI(args=args, callbacks=[pruning],
+                                        resume_hint=False)  # the sweep says how to go on
         except TrainingDiverged as err:
             trial.set_user_attr("diverged", True)
             raise optuna.TrialPruned(f"training diverged: {err}") from None
@@ -173,7 +176,8 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
             if not _failed_elsewhere(err):
                 raise
             print("another worker failed this worker's trial, whose heartbeat had gone stale (paused, overloaded or "
-                  "cut off from the storage for longer than grace_period); its run folder stays, and the sweep goes on.",
+                  "cut off from the storage for longer than grace_period); its run folder stays, "
+                  "and the sweep goes on.",
                   file=sys.stderr, flush=True)
         ran = True
 

@@ -40,6 +40,7 @@ from torch import nn
 from mnist_lightning import onnx_refusals
 from mnist_lightning.atomic import write_atomically
 from mnist_lightning.checkpoints.files import load_checkpoint_file
+from mnist_lightning.checkpoints.trust import resolve_class_path
 from mnist_lightning.data.deskew import Deskew
 from mnist_lightning.data.idx import DATASETS
 from mnist_lightning.errors import CheckpointError, UserInputError, exception_chain, first_line
@@ -67,8 +68,8 @@ def checkpoint_class(hparams: dict[str, Any]) -> type[MNISTClassifier]:
     while todo:
         classes.append(todo.pop())
         todo += classes[-1].__subclasses__()
-    wanted = hparams.get("_class_path")
-    return next((c for c in classes if f"{c.__module__}.{c.__qualname__}" == wanted), MNISTClassifier)
+    wanted = resolve_class_path(str(hparams.get("_class_path", "")))  # any path that names it, old or public
+    return wanted if wanted in classes else MNISTClassifier
 
 
 def load_model(ckpt_path: str | Path) -> tuple[MNISTClassifier, dict[str, Any]]:

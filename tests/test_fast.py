@@ -118,10 +118,13 @@ def test_flags_of_automatic_optimisation_are_refused_naming_the_idiomatic_class(
     assert "mnist_lightning.models.MNISTClassifier" in result.stderr and flag[0].removeprefix("--") in result.stderr
 
 
-def test_steps_per_call_must_be_a_positive_integer():
-    for bad in (0, -2):
-        with pytest.raises(UserInputError, match="model.steps_per_call"):
-            FastMNISTClassifier(steps_per_call=bad)
+def test_steps_per_call_must_be_a_positive_integer(tmp_path):
+    """Its type (PositiveInt) bounds it: the CLI refuses 0 and -2 in one line naming the setting."""
+    for bad in ("0", "-2"):
+        result = run_cli("fit", "--config", FAST_CONFIG, "--model.init_args.steps_per_call", bad, "--print_config",
+                         cwd=tmp_path)
+        assert result.returncode == 2 and "steps_per_call" in result.stderr, result.stderr[-2000:]
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr[-2000:]
 
 
 def test_the_fast_preset_selects_the_fast_class_and_prints_no_experimental_warning(shared_tiny_data, tmp_path):

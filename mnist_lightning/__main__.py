@@ -28,7 +28,7 @@ from mnist_lightning.errors import UserInputError
 from mnist_lightning.export import main as export_main
 from mnist_lightning.resume import TrainingDiverged, TrainingInterrupted
 
-EXTRA_COMMANDS = ("export", "sweep", "seeds")
+EXTRA_COMMANDS = ("export", "sweep", "seeds", "serve")
 
 
 def main(args: Sequence[str] | None = None) -> None:
@@ -37,6 +37,10 @@ def main(args: Sequence[str] | None = None) -> None:
     try:
         if argv[:1] == ["export"]:
             export_main(argv[1:])
+        elif argv[:1] == ["serve"]:
+            from mnist_lightning.serve import main as serve_main  # LitServe loads for serve only
+
+            serve_main(argv[1:])
         elif argv[:1] and argv[0] in EXTRA_COMMANDS:
             from mnist_lightning.experiments import main as experiments_main  # Optuna loads for sweeps only
 

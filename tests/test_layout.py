@@ -123,6 +123,7 @@ def test_the_installed_wheel_runs_with_the_default_config_inside_the_package(tmp
         names = set(archive.namelist())
         archive.extractall(installed)
     shipped = {f"{PACKAGE}/{p.name}" for p in (PROJECT_ROOT / PACKAGE).glob("*.py")} | {f"{PACKAGE}/default.yaml"}
+    shipped |= {f"{PACKAGE}/serve/page/draw.{suffix}" for suffix in ("html", "js", "css")}  # serve's page
     assert shipped <= names, sorted(shipped - names)  # every module: nothing falls back to the checkout
 
     elsewhere = tmp_path / "elsewhere"

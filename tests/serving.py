@@ -17,9 +17,11 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import start_forked
@@ -92,7 +94,10 @@ class Server:
         of both groups was gone, and those still alive after `timeout` (killed then)."""
         groups = self.groups()
         start = time.monotonic()
-        os.killpg(self.process.pid, signum)
+        try:
+            os.killpg(self.process.pid, signum)
+        except ProcessLookupError:  # serve is gone already
+            pass
         while self.members(groups) and time.monotonic() - start < timeout:
             time.sleep(0.05)
         elapsed, left = time.monotonic() - start, self.members(groups)
@@ -173,3 +178,44 @@ def post_image(url: str, image: bytes, headers: dict[str, str] | None = None, **
     body, content_type = multipart({"image": image, **fields})
     status, answer = request(f"{url}/predict", "POST", body, {"Content-Type": content_type, **(headers or {})})
     return status, json.loads(answer)
+
+
+# ------------------------------------------------------------------------------------------------ the page
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's: a browser is never downloaded
+
+
+@contextmanager
+def browser() -> Iterator[Any]:
+    """Headless chromium driven by Playwright, closed at the end; skipped (failed under CI) without either."""
+    require("playwright", "the page tests drive chromium through Playwright (the dev extra)")
+    if not CHROMIUM.exists():
+        unavailable(f"the page tests need Debian's chromium at {CHROMIUM} (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def draw(page: Any, strokes: list[list[tuple[int, int]]]) -> None:
+    """Mouse strokes on the drawing area (280 x 280): press, move in small steps, release."""
+    box = page.locator("#pad").bounding_box()
+    for stroke in strokes:
+        x, y = stroke[0]
+        page.mouse.move(box["x"] + x, box["y"] + y)
+        page.mouse.down()
+        for x, y in stroke[1:]:
+            page.mouse.move(box["x"] + x, box["y"] + y, steps=15)
+        page.mouse.up()
+
+
+def shown_label(page: Any) -> str:
+    """The label the page shows once its answer to the latest strokes has arrived."""
+    page.wait_for_function("document.querySelector('#result').dataset.pending === 'false'"
+                           " && document.querySelector('#label').dataset.label !== ''", timeout=30_000)
+    return page.inner_text("#label")

@@ -22,7 +22,18 @@ import pytorch_lightning as pl
 import torch
 from conftest import REAL_DATA_DIR, TutorialRun, run_cli
 from PIL import Image
-from serving import Server, multipart, post_image, raw_request, request, require, start_server, unavailable
+from serving import (
+    Server,
+    browser,
+    draw,
+    multipart,
+    post_image,
+    raw_request,
+    request,
+    require,
+    shown_label,
+    start_server,
+)
 
 from mnist_lightning.data import MNISTDataModule
 from mnist_lightning.export import load_model
@@ -31,8 +42,6 @@ from mnist_lightning.images import decode_image, to_mnist
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_data]
 MAX_BODY_MB = 1  # small, so that a body above the limit is cheap to send
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture(scope="module")
@@ -217,54 +226,26 @@ STROKES = {  # in the 280 x 280 drawing area: a 7 (the bar, then the stem) and a
 }
 
 
-def draw(page, strokes: list[list[tuple[int, int]]]) -> None:
-    """Mouse strokes on the drawing area: press, move in small steps, release."""
-    box = page.locator("#pad").bounding_box()
-    for stroke in strokes:
-        x, y = stroke[0]
-        page.mouse.move(box["x"] + x, box["y"] + y)
-        page.mouse.down()
-        for x, y in stroke[1:]:
-            page.mouse.move(box["x"] + x, box["y"] + y, steps=15)
-        page.mouse.up()
-
-
-def shown_label(page) -> str:
-    """The label the page shows once its answer to the latest strokes has arrived."""
-    page.wait_for_function("document.querySelector('#result').dataset.pending === 'false'"
-                           " && document.querySelector('#label').dataset.label !== ''", timeout=30_000)
-    return page.inner_text("#label")
-
-
 def test_the_page_reads_a_7_and_a_1_drawn_with_the_mouse(server, tmp_path):
     """In a real headless browser, the page at /draw: a 7 and a 1 drawn with mouse strokes are shown as 7 and 1,
     beside the bars of every class and the 28x28 image the net was given; Clear empties it."""
-    require("playwright", "the page test drives chromium through Playwright (the dev extra)")
-    if not Path("/usr/bin/chromium").exists():
-        unavailable("the page test needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=BROWSER_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 820, "height": 560})
-            errors = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(f"{server.url}/draw")
-            page.wait_for_function("document.querySelectorAll('#bars li').length === 10")
-            assert page.inner_text("#bars").split()[:2] == ["0", "0.0%"]
-            for digit, strokes in STROKES.items():
-                page.click("#clear")
-                draw(page, strokes)
-                assert shown_label(page) == str(digit)
-                assert page.locator("#bars li.top .name").inner_text() == str(digit)
-            seen = page.evaluate("Array.from(document.querySelector('#seen').getContext('2d')"
-                                 ".getImageData(0, 0, 28, 28).data.filter((v, i) => i % 4 === 0))")
-            assert 20 < sum(v > 128 for v in seen) < 300  # the 1 the net was given: some ink on black
-            page.screenshot(path=str(tmp_path / "page.png"))
+    with browser() as chromium:
+        page = chromium.new_page(viewport={"width": 820, "height": 560})
+        errors = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"{server.url}/draw")
+        page.wait_for_function("document.querySelectorAll('#bars li').length === 10")
+        assert page.inner_text("#bars").split()[:2] == ["0", "0.0%"]
+        for digit, strokes in STROKES.items():
             page.click("#clear")
-            assert page.inner_text("#label") == "\u2013" and page.locator("#bars li.top").count() == 0
-            assert errors == []
-        finally:
-            browser.close()
+            draw(page, strokes)
+            assert shown_label(page) == str(digit)
+            assert page.locator("#bars li.top .name").inner_text() == str(digit)
+        seen = page.evaluate("Array.from(document.querySelector('#seen').getContext('2d')"
+                             ".getImageData(0, 0, 28, 28).data.filter((v, i) => i % 4 === 0))")
+        assert 20 < sum(v > 128 for v in seen) < 300  # the 1 the net was given: some ink on black
+        page.screenshot(path=str(tmp_path / "page.png"))
+        page.click("#clear")
+        assert page.inner_text("#label") == "\u2013" and page.locator("#bars li.top").count() == 0
+        assert errors == []
     assert Image.open(tmp_path / "page.png").size == (820, 560)

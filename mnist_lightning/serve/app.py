@@ -90,6 +90,9 @@ def serve_forever(settings: ServeSettings) -> None:
     stop_when_parent_goes(settings)
     gc.freeze()  # what is loaded lives as long as the process: kept out of the collector, so the end takes no seconds
     server.run(host=settings.host, port=settings.port, log_level="warning", generate_client_file=False)
+    # Shut down, workers and manager included. LitServe's monitoring thread wakes every 2 s to ask the (now gone)
+    # manager whether to stop, and would log a broken pipe as a crash while this process ends: nothing is left to log.
+    logging.getLogger("litserve").setLevel(logging.CRITICAL + 1)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,9 @@ def parser() -> ArgumentParser:
                         help="seconds a batch waits for more requests before it is predicted")
     parser.add_argument("--max_body_mb", type=PositiveFloat, default=16.0,
                         help="largest request body in MiB; larger ones are answered 413 before they are read")
+    parser.add_argument("--torch_threads", type=PositiveInt, default=1,
+                        help="torch's threads in the inference worker: 1 serves a small net fastest; more for a "
+                             "large net on many cores")
     parser.add_argument("--accelerator", type=Literal["auto", "cpu", "cuda", "mps"], default="auto",
                         help="where the net runs (LitServe's accelerator)")
     return parser
@@ -76,7 +79,7 @@ def parse(argv: list[str]) -> tuple[ServeSettings, str | None]:
                              f"keep the default --host {LOOPBACK}.")
     return ServeSettings(ckpt_path=args.ckpt_path, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
                          batch_timeout=args.batch_timeout, max_body_mb=args.max_body_mb,
-                         accelerator=args.accelerator), args.api_key
+                         torch_threads=args.torch_threads, accelerator=args.accelerator), args.api_key
 
 
 def check_port_free(host: str, port: int) -> None:

@@ -112,13 +112,17 @@ class DigitAPI(ls.LitAPI):
     Args:
         ckpt_path: a checkpoint written by `fit`; its net, input settings and class names are read from it.
         max_batch_size, batch_timeout: LitServe's batching (requests gathered per `predict`, seconds to wait).
+        torch_threads: torch's threads in the inference worker. One serves a small net fastest: more threads spin
+            against the HTTP server for the same cores (docs/serving.md, "Speed").
     """
 
-    def __init__(self, ckpt_path: str, max_batch_size: int = 1, batch_timeout: float = 0.0):
+    def __init__(self, ckpt_path: str, max_batch_size: int = 1, batch_timeout: float = 0.0, torch_threads: int = 1):
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=PREDICT_PATH)
         self.ckpt_path = ckpt_path
+        self.torch_threads = torch_threads
 
     def setup(self, device: str) -> None:
+        torch.set_num_threads(self.torch_threads)
         model, data_hparams = load_model(self.ckpt_path)
         self.model = model.eval().to(device)
         mean, std = input_normalisation(data_hparams) or (None, None)

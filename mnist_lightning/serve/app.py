@@ -52,7 +52,7 @@ def _file_route(content: bytes, media_type: str) -> Callable[[], Awaitable[Respo
 
 def build_server(settings: ServeSettings) -> ls.LitServer:
     """The LitServer: the API on POST /predict behind the guard, /draw, and LitServe's /health, /info, /shutdown."""
-    api = DigitAPI(settings.ckpt_path, settings.max_batch_size, settings.batch_timeout)
+    api = DigitAPI(settings.ckpt_path, settings.max_batch_size, settings.batch_timeout, settings.torch_threads)
     guard = (RequestGuard, {"path": PREDICT_PATH, "max_bytes": int(settings.max_body_mb * 2**20),
                             "api_key": os.environ.get("LIT_SERVER_API_KEY") or None})
     server = ls.LitServer(api, accelerator=settings.accelerator, enable_shutdown_api=True,

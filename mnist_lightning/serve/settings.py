@@ -20,6 +20,7 @@ class ServeSettings:
     max_batch_size: int = 16
     batch_timeout: float = 0.005
     max_body_mb: float = 16.0
+    torch_threads: int = 1
     accelerator: str = "auto"
     metadata: dict[str, Any] = field(default_factory=dict)  # shown by GET /info: the checkpoint, its classes
 

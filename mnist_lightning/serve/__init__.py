@@ -123,7 +123,7 @@ def main(argv: list[str]) -> None:
         key = f"-H {shlex.quote('X-API-Key: ' + api_key)} " if api_key else ""
         print(f"Serving {settings.ckpt_path} on {server.url}"
               + (f" (listening on {settings.host}: all interfaces)" if settings.host != LOOPBACK else ""))
-        print(f"  draw a digit:  {server.url}{PAGE_PATH}")
+        print(f"  draw on it:    {server.url}{PAGE_PATH}")
         print(f"  predict:       curl {key}-F image=@digit.png {server.url}{PREDICT_PATH}")
         print("Ctrl+C stops it.", flush=True)
         code = server.wait()

@@ -12,6 +12,7 @@ import io
 import json
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -78,6 +79,15 @@ def test_help_lists_the_options(tmp_path):
 def test_listening_beyond_this_machine_needs_an_api_key(trained_run: TrainedRun, tmp_path):
     error = _one_line_error(run_cli("serve", "--ckpt_path", str(trained_run.last), "--host", "0.0.0.0", cwd=tmp_path))
     assert "--api_key" in error and "MNIST_SERVE_API_KEY" in error
+
+
+def test_without_the_serve_extra_serve_says_how_to_install_it(tmp_path, monkeypatch):
+    """LitServe is an extra: without it, `serve` is one line naming the install command (the rest of the CLI works)."""
+    for name in [m for m in sys.modules if m == "litserve" or m.startswith(("litserve.", "mnist_lightning.serve."))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "litserve", None)  # what `import litserve` finds when it is not installed
+    error = _one_line_error(run_cli("serve", "--ckpt_path", "x.ckpt", cwd=tmp_path))
+    assert 'pip install -e ".[serve]"' in error
 
 
 def test_a_checkpoint_that_cannot_be_served_is_refused_before_anything_starts(tmp_path):

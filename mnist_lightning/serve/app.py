@@ -55,7 +55,8 @@ def build_server(settings: ServeSettings) -> ls.LitServer:
     api = DigitAPI(settings.ckpt_path, settings.max_batch_size, settings.batch_timeout, settings.torch_threads)
     guard = (RequestGuard, {"path": PREDICT_PATH, "max_bytes": int(settings.max_body_mb * 2**20),
                             "api_key": os.environ.get("LIT_SERVER_API_KEY") or None})
-    server = ls.LitServer(api, accelerator=settings.accelerator, enable_shutdown_api=True,
+    # No /docs: FastAPI's Swagger UI loads its scripts from a CDN, and docs/serving.md describes the API.
+    server = ls.LitServer(api, accelerator=settings.accelerator, enable_shutdown_api=True, disable_openapi_url=True,
                           model_metadata=settings.metadata, middlewares=[guard])
     add_page(server.app)
     return server

@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch/torchvision pinned to the releases these machines serve from local disk (a range would admit them too).
 	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-	$(PY) -m pip install --quiet -e ".[dev,onnx,postgres]"
+	$(PY) -m pip install --quiet -e ".[dev,onnx,postgres,serve]"
 	touch $@
 
 venv: $(VENV)/.installed

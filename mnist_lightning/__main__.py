@@ -30,7 +30,7 @@ from mnist_lightning.cli.console import quiet_console
 from mnist_lightning.errors import UserInputError
 from mnist_lightning.export import main as export_main
 
-EXTRA_COMMANDS = ("export", "sweep", "seeds")
+EXTRA_COMMANDS = ("export", "sweep", "seeds", "serve")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,6 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args[:1] == ["export"]:
             export_main(args[1:])
+        elif args[:1] == ["serve"]:
+            from mnist_lightning.serve import main as serve_main  # LitServe loads for serve only
+
+            serve_main(args[1:])
         elif args[:1] and args[0] in EXTRA_COMMANDS:
             from mnist_lightning.sweeps.command import main as experiments_main  # Optuna loads for sweeps only
 

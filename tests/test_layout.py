@@ -166,6 +166,7 @@ def test_the_installed_wheel_runs_with_the_default_config_inside_the_package(tmp
         archive.extractall(installed)
     shipped = {p.relative_to(PROJECT_ROOT).as_posix() for p in (PROJECT_ROOT / PACKAGE).rglob("*.py")}
     shipped |= {f"{PACKAGE}/default.yaml"}
+    shipped |= {f"{PACKAGE}/serve/page/draw.{suffix}" for suffix in ("html", "js", "css")}  # serve's page
     assert shipped <= names, sorted(shipped - names)  # every module: nothing falls back to the checkout
 
     elsewhere = tmp_path / "elsewhere"

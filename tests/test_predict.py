@@ -220,7 +220,7 @@ def test_an_oversized_image_is_refused_from_its_header_before_decoding(tmp_path:
     """A 13000 x 13000 PNG is 0.8 MB on disk and 169 MB or more once decoded: refused, saying why."""
     png_header_only(tmp_path / "huge.png", 13000, 13000)
     with pytest.raises(UnusableImage, match=r"too large: 13000x13000 pixels \(169 megapixels\) is above the "
-                                            r"40-megapixel limit of predict; scale it down first"):
+                                            r"40-megapixel limit; scale it down first"):
         read_image(tmp_path / "huge.png")  # had it been decoded, the missing data would say "truncated"
     png_header_only(tmp_path / "fine.png", 100, 100)
     with pytest.raises(UnusableImage, match="truncated"):

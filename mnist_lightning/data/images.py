@@ -1,4 +1,5 @@
-"""Your own images prepared like MNIST's digits, for `predict` (the table it prints is in `callbacks/predictions.py`).
+"""Your own images prepared like MNIST's digits, for `predict` and `serve` (predict's table is in
+`callbacks/predictions.py`).
 
     python -m mnist_lightning predict --ckpt_path CKPT                       # the test set
     python -m mnist_lightning predict --ckpt_path CKPT --data.predict_path my_digits/ --predictions_csv out.csv
@@ -38,6 +39,7 @@ import os
 import stat
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -111,15 +113,23 @@ def read_image(path: Path) -> Image.Image:
     """Decode `path` (upright, as EXIF says, reduced to WORKING_SIDE), with the reason in an `UnusableImage` if it can't be."""
     path = Path(path)
     _regular_file(path)
+    return decode_image(path)
+
+
+def decode_image(source: Path | BinaryIO) -> Image.Image:
+    """Decode an image file or an open binary file (e.g. an upload held in memory) as `read_image` does.
+
+    The one decoder of `predict` and `serve`: the same limits, the same orientation, the same reasons.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS is the (lower) limit here
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 width, height = image.size
                 if width * height > MAX_PIXELS:
                     raise UnusableImage(
                         f"too large: {width}x{height} pixels ({width * height / 1e6:.0f} megapixels) is above the "
-                        f"{MAX_PIXELS / 1e6:.0f}-megapixel limit of predict; scale it down first"
+                        f"{MAX_PIXELS / 1e6:.0f}-megapixel limit; scale it down first"
                     )
                 image.draft(image.mode, (WORKING_SIDE, WORKING_SIDE))  # JPEG: decode at a reduced scale
                 image.load()  # decode now: a truncated file fails here, not later
@@ -209,6 +219,12 @@ def image_files(root: Path) -> tuple[list[Path], int, list[tuple[Path, str]]]:
     return sorted(found, key=lambda p: p.relative_to(root).parts), subfolders, problems
 
 
+def digit_tensor(digits: list[torch.Tensor], deskew: bool) -> torch.Tensor:
+    """`to_mnist`'s digits as one uint8 tensor (N, 28, 28), deskewed when the run's data was (`--data.deskew true`)."""
+    images = torch.stack(digits)
+    return deskew_digits(images) if deskew else images
+
+
 class ImageFolderDigits(InMemoryDigits):
     """Image files prepared like MNIST, for `predict`: items are (image (1, 28, 28), index into `files`).
 
@@ -246,5 +262,4 @@ class ImageFolderDigits(InMemoryDigits):
         if not digits:
             reasons = "\n".join(f"  {console_name(file)}: {reason}" for file, reason in self.errors)
             raise UserInputError(f"no usable image in data.predict_path {console_name(root)}:\n{reasons}")
-        images = torch.stack(digits)
-        super().__init__(deskew_digits(images) if deskew else images, torch.arange(len(digits)), mean, std)
+        super().__init__(digit_tensor(digits, deskew), torch.arange(len(digits)), mean, std)

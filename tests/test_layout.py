@@ -100,8 +100,10 @@ def test_no_two_modules_of_the_package_import_each_other_directly_or_through_a_c
 
 # Lower layers never import higher ones (docs/architecture.md): the data never knows the model, models never
 # know the CLI, checkpoints know neither. Release 0.1.0's one-line modules (model.py, ...) re-export from above.
-LAYERS = [("errors", "types", "atomic", "commands", "outputs"), ("checkpoints",), ("data",), ("models",), ("callbacks", "loggers"),
-          ("cli",), ("sweeps", "export", "onnx_refusals", "serve", "model", "fast", "schedules", "augment", "figures", ""), ("__main__",)]
+LAYERS = [("errors", "types", "atomic", "commands", "outputs"), ("checkpoints",), ("data",), ("models",),
+          ("callbacks", "loggers"), ("cli",),
+          ("sweeps", "export", "onnx_refusals", "serve", "model", "fast", "schedules", "augment", "figures", ""),
+          ("__main__",)]
 
 
 def layer_of(module: str) -> int:
@@ -171,8 +173,9 @@ def test_the_installed_wheel_runs_with_the_default_config_inside_the_package(tmp
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(installed)}  # only the unpacked wheel, and a working folder outside the checkout
-    origin = subprocess.run([sys.executable, "-c", f"import importlib.util; print(importlib.util.find_spec({PACKAGE!r}).origin)"],
+    env = {**os.environ, "PYTHONPATH": str(installed)}  # only the unpacked wheel, and a folder outside the checkout
+    find = f"import importlib.util; print(importlib.util.find_spec({PACKAGE!r}).origin)"
+    origin = subprocess.run([sys.executable, "-c", find],
                             cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60)
     assert Path(origin.stdout.strip()).parent == installed / PACKAGE, origin.stdout + origin.stderr
     result = subprocess.run([sys.executable, "-m", PACKAGE, "fit", "--print_config"], cwd=elsewhere, env=env,
@@ -183,7 +186,8 @@ def test_the_installed_wheel_runs_with_the_default_config_inside_the_package(tmp
     assert trainer["max_epochs"] == 3
     assert trainer["logger"]["class_path"] == "pytorch_lightning.loggers.TensorBoardLogger"
     callbacks = [c["class_path"] for c in trainer["callbacks"]]
-    assert callbacks == ["pytorch_lightning.callbacks.ModelCheckpoint", "pytorch_lightning.callbacks.LearningRateMonitor",
+    assert callbacks == ["pytorch_lightning.callbacks.ModelCheckpoint",
+                         "pytorch_lightning.callbacks.LearningRateMonitor",
                          "mnist_lightning.callbacks.ValidationFigures"], callbacks
     net = config["model"]["init_args"]["net"]
     assert net["class_path"] == "mnist_lightning.models.MLP" and net["init_args"]["hidden_sizes"] == [50]

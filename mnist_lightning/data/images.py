@@ -110,7 +110,8 @@ _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
 
 
 def read_image(path: Path) -> Image.Image:
-    """Decode `path` (upright, as EXIF says, reduced to WORKING_SIDE), with the reason in an `UnusableImage` if it can't be."""
+    """Decode `path` (upright, as EXIF says, reduced to WORKING_SIDE), with the reason in an `UnusableImage` if it
+    can't be."""
     path = Path(path)
     _regular_file(path)
     return decode_image(path)
@@ -178,7 +179,8 @@ def to_mnist(image: Image.Image) -> np.ndarray:
         a, border = 255.0 - a, 255.0 - border
     background, peak = float(np.median(border)), float(a.max())
     if peak - background < MIN_CONTRAST:
-        raise UnusableImage(f"blank image: no ink stands out from the background (contrast {peak - background:.0f}/255)")
+        raise UnusableImage(
+            f"blank image: no ink stands out from the background (contrast {peak - background:.0f}/255)")
     ink = np.clip((a - background) / (peak - background), 0.0, 1.0)
 
     rows, cols = np.nonzero(ink > INK_LEVEL)
@@ -213,7 +215,8 @@ def image_files(root: Path) -> tuple[list[Path], int, list[tuple[Path, str]]]:
         problems.append((Path(err.filename), f"folder not read ({err.strerror or err})"))
 
     for folder, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not os.path.islink(os.path.join(folder, d)))
+        dirnames[:] = sorted(d for d in dirnames
+                             if not d.startswith(".") and not os.path.islink(os.path.join(folder, d)))
         subfolders += len(dirnames)
         found += [Path(folder) / name for name in filenames if not name.startswith(".")]
     return sorted(found, key=lambda p: p.relative_to(root).parts), subfolders, problems
@@ -257,7 +260,8 @@ class ImageFolderDigits(InMemoryDigits):
                 self.files.append(file)
             except UnusableImage as err:
                 self.errors.append((file, str(err)))
-        where = f" in {console_name(root)}" + (f" and its {subfolders} subfolder{'s' * (subfolders != 1)}" if subfolders else "")
+        below = f" and its {subfolders} subfolder{'s' * (subfolders != 1)}" if subfolders else ""
+        where = f" in {console_name(root)}" + below
         self.summary = f"{len(self.files)} of {len(candidates)} file{'s' * (len(candidates) != 1)}{where} usable"
         if not digits:
             reasons = "\n".join(f"  {console_name(file)}: {reason}" for file, reason in self.errors)

@@ -7,17 +7,26 @@ DATA_DIR ?= $(if $(wildcard ../shared/data/mnist/train-images-idx3-ubyte.gz),../
 # Extra config to stack on the default one (mnist_lightning/default.yaml, always read): make train CONFIG=configs/seed.yaml
 CONFIG ?=
 
-.PHONY: venv train test lint bench stats clean
+# The versions the suite passed with (docs/dependencies.md); `make lock` writes it anew.
+LOCK := requirements/lock.txt
+# torch/torchvision: the releases these machines serve from local disk (a range would admit them too).
+TORCH := "torch==2.14.1" "torchvision==0.29.1"
 
-$(VENV)/.installed: pyproject.toml
+.PHONY: venv lock train test lint bench stats clean
+
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch/torchvision pinned to the releases these machines serve from local disk (a range would admit them too).
-	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-	$(PY) -m pip install --quiet -e ".[dev,onnx,postgres,serve]"
+	$(PY) -m pip install --quiet -c $(LOCK) -e ".[dev,onnx,postgres,serve]"
+	$(PY) -m pip check
 	touch $@
 
 venv: $(VENV)/.installed
+
+# The lock anew (scripts/lock.sh): every extra, at the newest versions pyproject.toml allows, frozen. Then
+# `make test` on it, and commit it if the suite passes (docs/dependencies.md).
+lock:
+	scripts/lock.sh $(PYTHON) $(TORCH)
 
 train: venv
 	$(PY) -m mnist_lightning fit $(if $(CONFIG),--config $(CONFIG)) --data.data_dir $(DATA_DIR)

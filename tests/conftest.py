@@ -88,6 +88,19 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def every_jsonargparse_deprecation() -> Iterator[None]:
+    """jsonargparse warns of each deprecated API once per process: once LightningCLI has called one, the project's
+    own call of it would pass unseen. Every call warns, so pyproject's filterwarnings fails the project's calls."""
+    previous = os.environ.get("JSONARGPARSE_DEPRECATION_WARNINGS")
+    os.environ["JSONARGPARSE_DEPRECATION_WARNINGS"] = "all"
+    yield
+    if previous is None:
+        os.environ.pop("JSONARGPARSE_DEPRECATION_WARNINGS", None)
+    else:
+        os.environ["JSONARGPARSE_DEPRECATION_WARNINGS"] = previous
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Slow tests first, each group in file order: pytest-xdist's workers then start on the long tests
     and share out the short ones at the end, instead of one worker finishing a long test alone."""

@@ -10,6 +10,7 @@ from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 
 from mnist_lightning.callbacks.evaluation_step import EvaluationStep
 from mnist_lightning.callbacks.hparams import HparamsRow
+from mnist_lightning.callbacks.precision_check import PrecisionCheck
 from mnist_lightning.callbacks.predictions import PredictionTable
 from mnist_lightning.callbacks.resume import ResumeCheckpoint
 from mnist_lightning.callbacks.run_state import RunState
@@ -25,8 +26,9 @@ NEED_A_LOGGER = (LearningRateMonitor, DeviceStatsMonitor)
 
 def always_on_callbacks(resume_hint: bool) -> list[Any]:
     """The rails every command runs with (the CLI's trainer defaults): `last.ckpt` and signal-safe interrupts,
-    the state an exact resume needs, the HPARAMS row, evaluations logged at their checkpoint's step."""
-    return [ResumeCheckpoint(resume_hint=resume_hint), RunState(), HparamsRow(), EvaluationStep()]
+    the state an exact resume needs, the HPARAMS row, evaluations logged at their checkpoint's step, and a line
+    before training when the precision would be emulated on this CPU."""
+    return [ResumeCheckpoint(resume_hint=resume_hint), RunState(), HparamsRow(), EvaluationStep(), PrecisionCheck()]
 
 
 def as_list(value: Any) -> list[Any]:

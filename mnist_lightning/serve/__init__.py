@@ -52,7 +52,7 @@ def build_parser() -> ArgumentParser:
                              "environment variable MNIST_SERVE_API_KEY: a command line is visible to other users")
     parser.add_argument("--max_batch_size", type=PositiveInt, default=16,
                         help="requests predicted together at most (LitServe's dynamic batching; 1: none)")
-    parser.add_argument("--batch_timeout", type=NonNegativeFloat, default=0.005,
+    parser.add_argument("--batch_timeout", type=NonNegativeFloat, default=0.001,
                         help="seconds a batch waits for more requests before it is predicted")
     parser.add_argument("--max_body_mb", type=PositiveFloat, default=16.0,
                         help="largest request body in MiB; larger ones are answered 413 before they are read")

@@ -160,7 +160,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of each wrk run")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64], help="concurrent connections")
     parser.add_argument("--max_batch_size", type=int, default=16, help="of the batched LitServe server")
-    parser.add_argument("--batch_timeout", type=float, default=0.005, help="of the batched LitServe server (s)")
+    parser.add_argument("--batch_timeout", type=float, default=0.001, help="of the batched LitServe server (s)")
     parser.add_argument("--servers", nargs="+", default=["minimal", "litserve", "batched"],
                         choices=["minimal", "litserve", "batched"])
     parser.add_argument("--minimal_server", action="store_true", help=argparse.SUPPRESS)  # the child process

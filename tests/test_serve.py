@@ -149,6 +149,29 @@ def test_a_request_that_cannot_be_predicted_fails_alone_in_its_batch(trained_run
     assert digits.images.shape == (1, 28, 28) and torch.equal(probabilities[0], torch.tensor(alone[0][1]["probabilities"]))
 
 
+def test_an_image_that_breaks_the_preparation_unforeseen_is_refused_alone(trained_run: TrainedRun, monkeypatch, caplog):
+    """An error no check foresaw, in preparing one request's image, is that request's 422 (and a warning with the
+    traceback for whoever runs the server), not a 500 for every request of its batch."""
+    require("litserve", "serve needs the serve extra")
+    from mnist_lightning.serve import api as api_module
+
+    api = _api(trained_run.last)
+    prepare = api_module.to_mnist
+
+    def fragile(image):
+        if image.size == (13, 13):
+            raise RuntimeError("unforeseen")
+        return prepare(image)
+
+    monkeypatch.setattr(api_module, "to_mnist", fragile)
+    odd = io.BytesIO()
+    Image.new("L", (13, 13), 255).save(odd, format="PNG")
+    answers = _answers(api, [_form(seven_png()), _form(odd.getvalue())])
+    assert [status for status, _ in answers] == [200, 422]
+    assert answers[1][1] == {"detail": "cannot prepare this image (RuntimeError: unforeseen)"}
+    assert "could not prepare image" in caplog.text and "RuntimeError: unforeseen" in caplog.text
+
+
 def test_deskewed_and_normalised_runs_are_served_the_input_predict_gives_them(trained_run: TrainedRun, tmp_path):
     """The run's input settings come from the checkpoint: for a run trained on deskewed, normalised digits, the
     server's probabilities are those of `predict` (its data module from the same settings, Lightning's loop)."""

@@ -33,6 +33,7 @@ from serving import (
     require,
     shown_label,
     start_server,
+    unavailable,
 )
 
 from mnist_lightning.data.datamodule import MNISTDataModule
@@ -48,7 +49,7 @@ MAX_BODY_MB = 1  # small, so that a body above the limit is cheap to send
 def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
     """The first 20 images of the official test set saved as PNG files, and their true labels."""
     if not (REAL_DATA_DIR / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"the official MNIST files are not in {REAL_DATA_DIR} (see README, 'Data')")
+        unavailable(f"the official MNIST files are not in {REAL_DATA_DIR} (see README, 'Data')")
     images, labels = load_split(REAL_DATA_DIR, DATASETS["mnist"], train=False, verify_checksum=False)
     folder = tmp_path_factory.mktemp("digits")
     truth = {}

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentError, ArgumentParser
 from jsonargparse.typing import NonNegativeFloat, PositiveFloat, PositiveInt, restricted_number_type
 
 from mnist_lightning.errors import UserInputError
@@ -37,7 +37,7 @@ Port = restricted_number_type("Port", int, [(">=", 1024), ("<=", 65535)], join="
 STARTUP_TIMEOUT_S = 300  # importing torch and Lightning in a worker and loading the checkpoint
 
 
-def parser() -> ArgumentParser:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="python -m mnist_lightning serve", exit_on_error=False, default_env=True, env_prefix="MNIST_SERVE",
         description="Serve a checkpoint: POST /predict answers image files with JSON, GET /draw is a page to draw on.",
@@ -52,7 +52,7 @@ def parser() -> ArgumentParser:
                              "environment variable MNIST_SERVE_API_KEY: a command line is visible to other users")
     parser.add_argument("--max_batch_size", type=PositiveInt, default=16,
                         help="requests predicted together at most (LitServe's dynamic batching; 1: none)")
-    parser.add_argument("--batch_timeout", type=NonNegativeFloat, default=0.005,
+    parser.add_argument("--batch_timeout", type=NonNegativeFloat, default=0.001,
                         help="seconds a batch waits for more requests before it is predicted")
     parser.add_argument("--max_body_mb", type=PositiveFloat, default=16.0,
                         help="largest request body in MiB; larger ones are answered 413 before they are read")
@@ -67,10 +67,8 @@ def parser() -> ArgumentParser:
 def parse(argv: list[str]) -> tuple[ServeSettings, str | None]:
     """The options as settings, and the API key; a bad option is a UserInputError of one line."""
     try:
-        args = parser().parse_args(argv)
-    except Exception as err:  # jsonargparse's ArgumentError: several lines, made one
-        if type(err).__name__ != "ArgumentError":
-            raise
+        args = build_parser().parse_args(argv)
+    except ArgumentError as err:  # jsonargparse's message may take several lines: made one
         reason = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
         raise UserInputError(f"{reason} (python -m mnist_lightning serve --help lists the options)") from None
     if args.host != LOOPBACK and not args.api_key:

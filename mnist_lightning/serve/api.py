@@ -21,6 +21,7 @@ import binascii
 import gc
 import io
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,9 +33,11 @@ from starlette.responses import JSONResponse, Response
 from mnist_lightning.data.digits import InMemoryDigits
 from mnist_lightning.data.idx import DATASETS
 from mnist_lightning.data.images import UnusableImage, decode_image, digit_tensor, to_mnist
+from mnist_lightning.errors import first_line
 from mnist_lightning.export import input_normalisation, load_model
 from mnist_lightning.serve.settings import PREDICT_PATH
 
+log = logging.getLogger(__name__)
 FIELD = "image"  # the multipart field of one image file
 MAX_IMAGES = 256  # images in one JSON request; more is refused (split them over several requests)
 USAGE = (f"send one image file as the multipart field '{FIELD}' (curl -F {FIELD}=@digit.png URL) "
@@ -141,6 +144,10 @@ class DigitAPI(ls.LitAPI):
                     digits.append(torch.from_numpy(to_mnist(decode_image(io.BytesIO(blob)))))
                 except UnusableImage as err:
                     raise Rejected(422, str(err) if single else f"{name}: {err}") from None
+                except Exception as err:  # a file no check foresaw: refused alone, logged for whoever runs the server
+                    log.warning("could not prepare %s of a request", name, exc_info=True)
+                    reason = f"cannot prepare this image ({type(err).__name__}: {first_line(err)})"
+                    raise Rejected(422, reason if single else f"{name}: {reason}") from None
             return Digits(digit_tensor(digits, self.deskew), single, return_image)
         except Rejected as rejected:
             return rejected

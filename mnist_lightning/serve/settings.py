@@ -18,7 +18,7 @@ class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch_size: int = 16
-    batch_timeout: float = 0.005
+    batch_timeout: float = 0.001
     max_body_mb: float = 16.0
     torch_threads: int = 1
     accelerator: str = "auto"

@@ -63,7 +63,12 @@ def write_idx_dataset(folder: Path, n_train: int = 600, n_test: int = 200, gz: b
     target.mkdir(parents=True, exist_ok=True)
     train_x, train_y = make_digits(n_train, seed)
     test_x, test_y = make_digits(n_test, seed + 1)
-    contents = [idx_images_bytes(train_x), idx_labels_bytes(train_y), idx_images_bytes(test_x), idx_labels_bytes(test_y)]
+    contents = [
+        idx_images_bytes(train_x),
+        idx_labels_bytes(train_y),
+        idx_images_bytes(test_x),
+        idx_labels_bytes(test_y),
+    ]
     for name, data in zip(IDX_NAMES, contents, strict=True):
         if gz:
             (target / f"{name}.gz").write_bytes(gzip.compress(data))

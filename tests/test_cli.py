@@ -67,7 +67,9 @@ def test_print_config_shows_the_defaults_and_overrides(tmp_path):
     model = config["model"]["init_args"]
     assert config["model"]["class_path"] == "mnist_lightning.models.MNISTClassifier"
     assert model["optimizer"]["class_path"] == "torch.optim.Adam" and model["optimizer"]["init_args"]["lr"] == 0.005
-    assert model["net"]["class_path"] == "mnist_lightning.models.MLP" and model["net"]["init_args"]["hidden_sizes"] == [50]
+    assert model["net"]["class_path"] == "mnist_lightning.models.MLP" and model["net"]["init_args"]["hidden_sizes"] == [
+        50
+    ]
     assert model["lr_scheduler"] is None
     assert config["trainer"]["max_epochs"] == 3 and config["data"]["batch_size"] == 64
 

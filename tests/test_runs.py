@@ -26,7 +26,9 @@ TESTS_DIR = Path(__file__).resolve().parent
 
 
 def _fit(cwd: Path, data: Path, *extra: str, epochs: int = 2) -> CliResult:
-    result = run_cli("fit", "--data.data_dir", str(data), *TINY_ARGS, "--trainer.max_epochs", str(epochs), *extra, cwd=cwd)
+    result = run_cli(
+        "fit", "--data.data_dir", str(data), *TINY_ARGS, "--trainer.max_epochs", str(epochs), *extra, cwd=cwd
+    )
     assert result.returncode == 0, result.stderr
     return result
 
@@ -67,8 +69,12 @@ class FitsStartedTogether:
     def run_dir(self, name: str) -> Path:
         """The run folder that `name`'s fit claimed (which of the two is the race's outcome)."""
         lr = float(LEARNING_RATE[name])
-        (run_dir,) = [d for d in (self.workdir / "lightning_logs").iterdir()
-                      if yaml.safe_load((d / "config.yaml").read_text())["model"]["init_args"]["optimizer"]["init_args"]["lr"] == lr]
+        (run_dir,) = [
+            d
+            for d in (self.workdir / "lightning_logs").iterdir()
+            if yaml.safe_load((d / "config.yaml").read_text())["model"]["init_args"]["optimizer"]["init_args"]["lr"]
+            == lr
+        ]
         return run_dir
 
 
@@ -105,7 +111,9 @@ def test_two_runs_started_together_get_two_consistent_folders(fits_started_toget
         checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
         assert len(checkpoints) == 2 and "last.ckpt" in checkpoints  # one best, one last, no temporary files
         saved_lr = torch.load(_last(run_dir), weights_only=True)["hyper_parameters"]["optimizer"]["init_args"]["lr"]
-        assert saved_lr == config["model"]["init_args"]["optimizer"]["init_args"]["lr"]  # this folder's config's checkpoint
+        assert (
+            saved_lr == config["model"]["init_args"]["optimizer"]["init_args"]["lr"]
+        )  # this folder's config's checkpoint
         lrs.add(saved_lr)
     assert lrs == {0.001, 0.002}
 
@@ -121,11 +129,22 @@ def test_test_on_a_runs_checkpoint_logs_into_that_run_with_one_hparams_row(train
     for tag in ("val/acc", "train/acc", "test/acc", "hp/val_acc_best", "hp/test_acc"):
         assert tag in scalars, tag
     params = _hparams(run_dir)
-    expected = {"model.class": "MNISTClassifier", "model.net": "mnist_lightning.models.MLP",
-                "model.net.init_args.hidden_sizes": "[50]", "model.optimizer": "torch.optim.Adam",
-                "model.optimizer.init_args.lr": 0.001, "data.dataset": "mnist",
-                "data.batch_size": 64.0, "data.normalize": "false", "data.deskew": "false", "data.val_size": 100.0, "seed": "42",
-                "trainer.max_epochs": 2.0, "trainer.precision": "32-true", "trainer.devices": 1.0}
+    expected = {
+        "model.class": "MNISTClassifier",
+        "model.net": "mnist_lightning.models.MLP",
+        "model.net.init_args.hidden_sizes": "[50]",
+        "model.optimizer": "torch.optim.Adam",
+        "model.optimizer.init_args.lr": 0.001,
+        "data.dataset": "mnist",
+        "data.batch_size": 64.0,
+        "data.normalize": "false",
+        "data.deskew": "false",
+        "data.val_size": 100.0,
+        "seed": "42",
+        "trainer.max_epochs": 2.0,
+        "trainer.precision": "32-true",
+        "trainer.devices": 1.0,
+    }
     for key, value in expected.items():
         assert params.get(key) == value, (key, params.get(key))
     assert not any(key.startswith("_") or "instantiator" in key for key in params)
@@ -152,7 +171,9 @@ def test_a_checkpoint_from_elsewhere_gets_a_folder_of_its_own_and_predict_writes
     assert [p.name for p in (elsewhere / "lightning_logs").iterdir()] == ["version_0"]
     predict_dir = tmp_path / "predict"
     predict_dir.mkdir()
-    predict = run_cli("predict", "--ckpt_path", str(copy), "--data.data_dir", str(tiny_data), *TINY_ARGS, cwd=predict_dir)
+    predict = run_cli(
+        "predict", "--ckpt_path", str(copy), "--data.data_dir", str(tiny_data), *TINY_ARGS, cwd=predict_dir
+    )
     assert predict.returncode == 0, predict.stderr
     assert list(predict_dir.iterdir()) == []
 
@@ -198,7 +219,9 @@ def test_the_console_of_fit_shows_progress_and_results_only(fits_started_togethe
         assert noise not in console, noise
     assert "Epoch 1" in console and "Best checkpoint" in console and "Test it with" in console
     run_dir = fits_started_together.run_dir("default")
-    shutil.copytree(run_dir, tmp_path / "lightning_logs" / run_dir.name)  # predict reads it here, the shared one stays as it was
+    shutil.copytree(
+        run_dir, tmp_path / "lightning_logs" / run_dir.name
+    )  # predict reads it here, the shared one stays as it was
     predict = run_process("predict", "--ckpt_path", str(_last(tmp_path / "lightning_logs" / run_dir.name)),
                           "--data.data_dir", str(shared_tiny_data), "--data.verify", "false", cwd=tmp_path)
     assert predict.returncode == 0, predict.stderr
@@ -297,7 +320,9 @@ def test_evaluating_without_a_checkpoint_is_refused_unless_asked_for(subcommand,
     result = run_cli(subcommand, "--data.data_dir", str(tiny_data), *TINY_ARGS, cwd=tmp_path)
     assert result.returncode == 2 and "--ckpt_path" in result.stderr and "Traceback" not in result.stderr
     assert "Got " not in result.stdout
-    allowed = run_cli(subcommand, "--data.data_dir", str(tiny_data), *TINY_ARGS, "--allow_untrained", "true", cwd=tmp_path)
+    allowed = run_cli(
+        subcommand, "--data.data_dir", str(tiny_data), *TINY_ARGS, "--allow_untrained", "true", cwd=tmp_path
+    )
     assert allowed.returncode == 0, allowed.stderr
 
 

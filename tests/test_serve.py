@@ -72,7 +72,15 @@ def test_a_bad_option_is_refused_in_one_line(tmp_path):
 def test_help_lists_the_options(tmp_path):
     result = run_cli("serve", "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for option in ("--ckpt_path", "--host", "--port", "--api_key", "--max_batch_size", "--batch_timeout", "--max_body_mb"):
+    for option in (
+        "--ckpt_path",
+        "--host",
+        "--port",
+        "--api_key",
+        "--max_batch_size",
+        "--batch_timeout",
+        "--max_body_mb",
+    ):
         assert option in result.stdout
 
 
@@ -104,7 +112,9 @@ def test_a_port_in_use_is_refused_naming_it(trained_run: TrainedRun, tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        error = _one_line_error(run_cli("serve", "--ckpt_path", str(trained_run.last), "--port", str(port), cwd=tmp_path))
+        error = _one_line_error(
+            run_cli("serve", "--ckpt_path", str(trained_run.last), "--port", str(port), cwd=tmp_path)
+        )
     assert f"cannot listen on 127.0.0.1 port {port}" in error and "--port" in error
 
 
@@ -141,12 +151,16 @@ def test_a_request_that_cannot_be_predicted_fails_alone_in_its_batch(trained_run
     assert [status for status, _ in batch] == [200, 422, 400, 200, 400]
     for answer in (batch[0][1], *batch[3][1]["predictions"]):  # the net ran on 3 images at once: equal to 1e-6
         assert answer["label"] == alone[0][1]["label"]
-        assert torch.allclose(torch.tensor(answer["probabilities"]), torch.tensor(alone[0][1]["probabilities"]), atol=1e-6)
+        assert torch.allclose(
+            torch.tensor(answer["probabilities"]), torch.tensor(alone[0][1]["probabilities"]), atol=1e-6
+        )
     assert batch[1][1] == {"detail": "not an image (Pillow cannot identify the format)"}
     assert len(batch[3][1]["predictions"]) == 2
     assert "return_image" in batch[4][1]["detail"]
     digits, probabilities = api.predict(api.decode_request(_form(good)))  # unbatched: one request in, one out
-    assert digits.images.shape == (1, 28, 28) and torch.equal(probabilities[0], torch.tensor(alone[0][1]["probabilities"]))
+    assert digits.images.shape == (1, 28, 28) and torch.equal(
+        probabilities[0], torch.tensor(alone[0][1]["probabilities"])
+    )
 
 
 def test_an_image_that_breaks_the_preparation_unforeseen_is_refused_alone(trained_run: TrainedRun, monkeypatch, caplog):
@@ -233,7 +247,12 @@ def test_beyond_this_machine_only_clients_with_the_key_are_answered(fashion_serv
     whatever the body (the key is checked before the body is read)."""
     for headers in ({}, {"X-API-Key": "wrong"}):
         assert post_image(fashion_server.url, seven_png(), headers=headers)[0] == 401
-        assert request(f"{fashion_server.url}/predict", "POST", b"{broken", {**headers, "Content-Type": "application/json"})[0] == 401
+        assert (
+            request(
+                f"{fashion_server.url}/predict", "POST", b"{broken", {**headers, "Content-Type": "application/json"}
+            )[0]
+            == 401
+        )
         assert request(f"{fashion_server.url}/info", headers=headers)[0] == 401
     assert request(f"{fashion_server.url}/draw")[0] == 200  # it holds no data: it asks for the key
     assert post_image(fashion_server.url, seven_png(), headers={"X-API-Key": API_KEY})[0] == 200

@@ -63,7 +63,9 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, in
 @pytest.fixture(scope="module")
 def server(tutorial_on_real_mnist: TutorialRun, tmp_path_factory: pytest.TempPathFactory) -> Server:
     require("litserve", "serve needs the serve extra")
-    served = start_server(tutorial_on_real_mnist.last, tmp_path_factory.mktemp("serve"), "--max_body_mb", str(MAX_BODY_MB))
+    served = start_server(
+        tutorial_on_real_mnist.last, tmp_path_factory.mktemp("serve"), "--max_body_mb", str(MAX_BODY_MB)
+    )
     yield served
     served.stop()
 
@@ -125,7 +127,9 @@ def test_several_images_as_json_and_the_28x28_image_the_net_was_given(server, di
     status, answer = request(f"{server.url}/predict", "POST", body, {"Content-Type": "application/json"})
     assert status == 200, answer
     predictions = json.loads(answer)["predictions"]
-    assert [p["label"] for p in predictions] == [post_image(server.url, (folder / n).read_bytes())[1]["label"] for n in names]
+    assert [p["label"] for p in predictions] == [
+        post_image(server.url, (folder / n).read_bytes())[1]["label"] for n in names
+    ]
     for name, prediction in zip(names, predictions, strict=True):
         prepared = to_mnist(decode_image(folder / name))
         assert np.array_equal(np.array(prediction["image"], dtype=np.uint8), prepared), name
@@ -137,7 +141,9 @@ def _png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def test_bad_requests_get_a_4xx_and_one_line_and_the_next_request_is_served(server, digits):
@@ -157,15 +163,28 @@ def test_bad_requests_get_a_4xx_and_one_line_and_the_next_request_is_served(serv
         "20000x20000 PNG": (_png_header_only(20000, 20000), None, 422, "too large"),
         "blank image": (_png(Image.new("L", (64, 64), 255)), None, 422, "blank image"),
         # Refused from its Content-Length, before a byte of it is sent (as curl waits for a large upload's go-ahead).
-        "body over the limit": (b"", f"Content-Type: application/json\nContent-Length: {limit + 1}\n", 413,
-                                "too large"),
+        "body over the limit": (
+            b"",
+            f"Content-Type: application/json\nContent-Length: {limit + 1}\n",
+            413,
+            "too large",
+        ),
         # No length announced: refused once more than the limit has arrived.
-        "body over the limit, no length": (over_limit, "Content-Type: application/json\nTransfer-Encoding: chunked\n",
-                                           413, "too large"),
+        "body over the limit, no length": (
+            over_limit,
+            "Content-Type: application/json\nTransfer-Encoding: chunked\n",
+            413,
+            "too large",
+        ),
         "malformed JSON": (b'{"images": [', json_type, 400, "malformed JSON"),
         "JSON without images": (b'{"image": "abc"}', json_type, 400, "'images'"),
         "JSON, not base64": (b'{"images": ["not base64!"]}', json_type, 400, "not valid base64"),
-        "malformed multipart": (b"no parts here", {"Content-Type": "multipart/form-data; boundary=x"}, 400, "multipart"),
+        "malformed multipart": (
+            b"no parts here",
+            {"Content-Type": "multipart/form-data; boundary=x"},
+            400,
+            "multipart",
+        ),
         "text, not a file": (None, None, 400, "field 'image'"),
         "another content type": (png, {"Content-Type": "image/png"}, 415, "content type"),
     }

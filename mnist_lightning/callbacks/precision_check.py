@@ -43,5 +43,9 @@ class PrecisionCheck(Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         precision = str(trainer.precision)
-        if precision.startswith("bf16") and isinstance(trainer.accelerator, CPUAccelerator) and not cpu_has_native_bf16():
+        if (
+            precision.startswith("bf16")
+            and isinstance(trainer.accelerator, CPUAccelerator)
+            and not cpu_has_native_bf16()
+        ):
             rank_zero_warn(emulated_bf16_message(precision))

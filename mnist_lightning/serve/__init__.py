@@ -87,8 +87,10 @@ def check_port_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as err:
-            raise UserInputError(f"cannot listen on {host} port {port} ({err.strerror}): another program may be "
-                                 f"using it; pass another --port, e.g. --port {port + 1 if port < 65535 else 8000}.") from None
+            raise UserInputError(
+                f"cannot listen on {host} port {port} ({err.strerror}): another program may be "
+                f"using it; pass another --port, e.g. --port {port + 1 if port < 65535 else 8000}."
+            ) from None
 
 
 def main(argv: list[str]) -> None:

@@ -104,7 +104,9 @@ def request_images(payload: Any) -> tuple[list[tuple[str, bytes]], bool, bool]:
     if not isinstance(images, list) or not images:
         raise Rejected(400, "'images' must be a non-empty list of base64 strings")
     if len(images) > MAX_IMAGES:
-        raise Rejected(413, f"{len(images)} images in one request; at most {MAX_IMAGES}: split them over several requests")
+        raise Rejected(
+            413, f"{len(images)} images in one request; at most {MAX_IMAGES}: split them over several requests"
+        )
     blobs = [(f"images[{i}]", _base64_image(text, i)) for i, text in enumerate(images)]
     return blobs, False, _flag(payload.get("return_image", False), "return_image")
 

@@ -54,7 +54,12 @@ class RequestGuard:
         self.api_key = api_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path or not self._authorised(scope):
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or scope["path"] != self.path
+            or not self._authorised(scope)
+        ):
             await self.app(scope, receive, send)
             return
         try:
@@ -64,7 +69,9 @@ class RequestGuard:
             await self._check_syntax(scope, body)
         except Refused as refused:
             headers = {"Connection": "close"} if refused.status == 413 else None  # the rest of the body is not read
-            await JSONResponse({"detail": refused.detail}, status_code=refused.status, headers=headers)(scope, receive, send)
+            await JSONResponse({"detail": refused.detail}, status_code=refused.status, headers=headers)(
+                scope, receive, send
+            )
             return
         await self.app(scope, _replay(body, receive), send)
 

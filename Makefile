@@ -17,7 +17,7 @@ TORCH := "torch==2.14.1" "torchvision==0.29.1"
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c $(LOCK) -e ".[dev,onnx,postgres]"
+	$(PY) -m pip install --quiet -c $(LOCK) -e ".[dev,onnx,postgres,serve]"
 	$(PY) -m pip check
 	touch $@
 

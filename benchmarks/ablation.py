@@ -76,10 +76,12 @@ def run_step(step: str, data_dir: Path, epochs: int, workdir: Path) -> dict:
     from torchmetrics.classification import MulticlassAccuracy
 
     from mnist_lightning.__main__ import skip_failing_nvml_check
-    from mnist_lightning.data import MNISTDataModule
-    from mnist_lightning.figures import ValidationFigures
-    from mnist_lightning.model import MLP, MNISTClassifier
-    from mnist_lightning.resume import ResumeCheckpoint, SafeCheckpointIO
+    from mnist_lightning.callbacks.figures import ValidationFigures
+    from mnist_lightning.callbacks.resume import ResumeCheckpoint
+    from mnist_lightning.checkpoints.files import SafeCheckpointIO
+    from mnist_lightning.data.datamodule import MNISTDataModule
+    from mnist_lightning.models.classifier import MNISTClassifier
+    from mnist_lightning.models.mlp import MLP
 
     skip_failing_nvml_check()  # as `python -m mnist_lightning` does
     torch.set_num_threads(1)
@@ -146,7 +148,8 @@ def run_step(step: str, data_dir: Path, epochs: int, workdir: Path) -> dict:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     if on["h"]:
         callbacks.append(ValidationFigures(num_images=32))
-    logger = TensorBoardLogger(save_dir=str(workdir / "lightning_logs"), name="", default_hp_metric=False) if on["e"] else False
+    logger = (TensorBoardLogger(save_dir=str(workdir / "lightning_logs"), name="", default_hp_metric=False)
+              if on["e"] else False)
     trainer = pl.Trainer(
         accelerator="auto", devices="auto", max_epochs=epochs, log_every_n_steps=50, default_root_dir=str(workdir),
         logger=logger, enable_checkpointing=on["f"], enable_progress_bar=on["d"], enable_model_summary=on["d"],
@@ -185,12 +188,15 @@ def main() -> None:
                     timing = cwd / "epochs.json"
                     fast = ["--config", str(ROOT / "configs" / "fast.yaml")] if name == "cli-fast" else []
                     run_measured([py, "-m", "mnist_lightning", "fit", *fast, "--data.data_dir", str(data_dir),
-                                  "--trainer.max_epochs", str(args.epochs), "--trainer.callbacks+=epoch_timer.EpochTimer",
+                                  "--trainer.max_epochs", str(args.epochs),
+                                  "--trainer.callbacks+=epoch_timer.EpochTimer",
                                   "--trainer.callbacks.path", str(timing)], cwd)
                     data = json.loads(timing.read_text())
                 else:
-                    script = ["bare_reference.py", "--threads", "1"] if name == "bare" else ["ablation.py", "--step", name]
-                    cmd = [py, str(BENCH / script[0]), *script[1:], "--data-dir", str(data_dir), "--epochs", str(args.epochs)]
+                    script = (["bare_reference.py", "--threads", "1"] if name == "bare"
+                              else ["ablation.py", "--step", name])
+                    cmd = [py, str(BENCH / script[0]), *script[1:], "--data-dir", str(data_dir),
+                           "--epochs", str(args.epochs)]
                     data = json.loads(run_measured(cmd, cwd)[-1].strip().splitlines()[-1])
                 times[name]["wall"].append(steady(data["epoch_times"]))
                 times[name]["cpu"].append(steady(data["epoch_cpu_times"]))

@@ -24,8 +24,8 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from mnist_lightning.__main__ import skip_failing_nvml_check
-from mnist_lightning.data import split_indices
-from mnist_lightning.idx import DATASETS, load_split
+from mnist_lightning.data.datamodule import split_indices
+from mnist_lightning.data.idx import DATASETS, load_split
 
 
 def main() -> None:
@@ -36,7 +36,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--fused", action="store_true", help="fused Adam, as the project uses")
     parser.add_argument("--keep-nvml-check", action="store_true", help="leave the NVML probe on (see the docstring)")
-    parser.add_argument("--device", default="cpu", help="cuda: data, net and optimizer on the GPU (scripts/check_gpu.sh)")
+    parser.add_argument("--device", default="cpu",
+                        help="cuda: data, net and optimizer on the GPU (scripts/check_gpu.sh)")
     args = parser.parse_args()
     if not args.keep_nvml_check:
         skip_failing_nvml_check()  # after pytorch_lightning's import (via mnist_lightning.data): see the docstring
@@ -75,7 +76,8 @@ def main() -> None:
             imgs, targets = imgs.to(device), targets.to(device)
             return (model(imgs.unsqueeze(1).float().div(255)).argmax(1) == targets).float().mean().item()
 
-        result = {"epoch_times": epoch_times, "epoch_cpu_times": epoch_cpu_times, "val_acc": accuracy(images[val_idx], labels[val_idx]),
+        result = {"epoch_times": epoch_times, "epoch_cpu_times": epoch_cpu_times,
+                  "val_acc": accuracy(images[val_idx], labels[val_idx]),
                   "test_acc": accuracy(test_images, test_labels)}
     print(json.dumps(result))
 

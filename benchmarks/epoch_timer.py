@@ -51,5 +51,6 @@ class EpochTimer(Callback):
         # The TensorBoard figures' own cost (collected and drawn inside the epochs timed above).
         figures = next((c.seconds for c in trainer.callbacks if type(c).__name__ == "ValidationFigures"), None)
         with open(self.path, "w") as f:
-            json.dump({"epoch_times": self.epoch_times, "epoch_cpu_times": self.epoch_cpu_times, "val_acc": float(val_acc) if val_acc is not None else None,
+            json.dump({"epoch_times": self.epoch_times, "epoch_cpu_times": self.epoch_cpu_times,
+                       "val_acc": float(val_acc) if val_acc is not None else None,
                        "figures_seconds": figures}, f)

@@ -22,8 +22,8 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from mnist_lightning.callbacks.precision_check import cpu_has_native_bf16
 from mnist_lightning.model import MLP
-from mnist_lightning.precision_check import cpu_has_native_bf16
 
 
 def step_times(batch_size: int, steps: int, warmup: int, bf16: bool) -> tuple[list[float], list[float]]:

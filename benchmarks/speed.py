@@ -85,7 +85,8 @@ def torchvision_root(data_dir: Path, workdir: Path) -> Path:
     raw.mkdir(parents=True, exist_ok=True)
     for name in IDX:
         source = data_dir / f"{name}.gz"
-        (raw / name).write_bytes(gzip.decompress(source.read_bytes()) if source.exists() else (data_dir / name).read_bytes())
+        content = gzip.decompress(source.read_bytes()) if source.exists() else (data_dir / name).read_bytes()
+        (raw / name).write_bytes(content)
     return workdir / "tv"
 
 
@@ -101,7 +102,8 @@ def run_variant(name: str, cwd: Path, data_dir: Path, tv_root: Path, threads: in
                 "test_acc": None}
     if name in ("tutorial", "tutorial_1t"):
         one = ["--threads", "1"] if name == "tutorial_1t" else []
-        wall, cpu, rss, out = run_measured([py, str(BENCH / "tutorial_reference.py"), "--root", str(tv_root), *one], cwd)
+        tutorial = [py, str(BENCH / "tutorial_reference.py"), "--root", str(tv_root), *one]
+        wall, cpu, rss, out = run_measured(tutorial, cwd)
         data = json.loads(out.strip().splitlines()[-1])
         return {"wall": wall, "wall_cpu": cpu, "rss": rss, "epoch": steady(data["epoch_times"]),
                 "epoch_cpu": steady(data["epoch_cpu_times"]), "val_acc": None, "test_acc": data["test_acc"]}

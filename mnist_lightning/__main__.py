@@ -1,8 +1,8 @@
 """`python -m mnist_lightning` (and the `mnist-lightning` script): start the command, end it cleanly.
 
-    python -m mnist_lightning fit|validate|test|predict ...    # the LightningCLI (mnist_lightning/cli.py)
+    python -m mnist_lightning fit|validate|test|predict ...    # the LightningCLI (mnist_lightning/cli/cli.py)
     python -m mnist_lightning export --ckpt_path CKPT --format onnx      # mnist_lightning/export.py
-    python -m mnist_lightning sweep|seeds --config ...                   # mnist_lightning/experiments.py
+    python -m mnist_lightning sweep|seeds --config ...                   # mnist_lightning/sweeps/command.py
 
 A user's mistake (a bad value, path, file or checkpoint; Lightning's and jsonargparse's own
 misconfiguration errors) ends with one line, `error: ...`, and exit code 2; anything else is a bug
@@ -14,7 +14,8 @@ from __future__ import annotations
 import signal
 import sys
 
-if __name__ == "__main__":  # Ctrl+C while torch and Lightning load (seconds): exit quietly, not mid-import with a traceback
+# Ctrl+C while torch and Lightning load (seconds): exit quietly, not mid-import with a traceback.
+if __name__ == "__main__":
     signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(128 + signum))
 
 import os
@@ -23,40 +24,52 @@ from collections.abc import Sequence
 import torch
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from mnist_lightning.cli import MNISTLightningCLI, quiet_console
+from mnist_lightning.callbacks.resume import TrainingDiverged, TrainingInterrupted
+from mnist_lightning.cli.cli import MNISTLightningCLI
+from mnist_lightning.cli.console import quiet_console
 from mnist_lightning.errors import UserInputError
 from mnist_lightning.export import main as export_main
-from mnist_lightning.resume import TrainingDiverged, TrainingInterrupted
 
-EXTRA_COMMANDS = ("export", "sweep", "seeds")
+EXTRA_COMMANDS = ("export", "sweep", "seeds", "serve")
 
 
-def main(args: Sequence[str] | None = None) -> None:
-    """Run one command in this process; a user's mistake ends with `error: ...` on stderr and exit code 2."""
-    argv = list(sys.argv[1:] if args is None else args)
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command in this process and return its exit code: 0, 2 with one line `error: ...` on stderr
+    for a user's mistake, 1 for a diverged loss, 128 + N after signal N, 130 after Ctrl+C."""
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv[:1] == ["export"]:
-            export_main(argv[1:])
-        elif argv[:1] and argv[0] in EXTRA_COMMANDS:
-            from mnist_lightning.experiments import main as experiments_main  # Optuna loads for sweeps only
+        if args[:1] == ["export"]:
+            export_main(args[1:])
+        elif args[:1] == ["serve"]:
+            from mnist_lightning.serve import main as serve_main  # LitServe loads for serve only
 
-            experiments_main(argv)
+            serve_main(args[1:])
+        elif args[:1] and args[0] in EXTRA_COMMANDS:
+            from mnist_lightning.sweeps.command import main as experiments_main  # Optuna loads for sweeps only
+
+            experiments_main(args)
         else:
             with quiet_console():
-                MNISTLightningCLI(args=None if args is None else argv)  # None: LightningCLI reads sys.argv itself
+                MNISTLightningCLI(args=None if argv is None else args)  # None: LightningCLI reads sys.argv itself
     except (UserInputError, MisconfigurationException) as err:  # the user's input: one line, no traceback
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
-    except TrainingInterrupted:  # saved, and the resume command printed: a further Ctrl+C must not break the exit
+        return 1
+    except TrainingInterrupted as stop:  # saved, resume command printed: a further Ctrl+C must not break the exit
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        raise
+        return int(stop.code)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl+C must not interrupt the goodbye
         print("\ninterrupted; nothing more was saved.", file=sys.stderr)
-        sys.exit(130)
+        return 130
+    except SystemExit as exit_:  # argparse's usage errors (2) and --help (0); a message exits 1, as Python's would
+        if exit_.code is None or isinstance(exit_.code, int):
+            return exit_.code or 0
+        print(exit_.code, file=sys.stderr)
+        return 1
+    return 0
 
 
 def skip_failing_nvml_check() -> None:
@@ -81,7 +94,7 @@ def run() -> None:
     """The process's entry point (`python -m mnist_lightning`, `mnist-lightning`)."""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on Ctrl+C is Python's KeyboardInterrupt
     skip_failing_nvml_check()
-    main()
+    sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Callable
@@ -13,17 +14,19 @@ from mnist_lightning.errors import CheckpointError, first_line
 
 def write_atomically(path: Path, write: Callable[[IO[bytes]], None], what: str = "file") -> None:
     """Write `path` through `write(f)` into `<path>.<pid>.tmp`, fsync, then rename: all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. a read-only folder: the write's own error is the one to report
+            tmp.unlink(missing_ok=True)
         advice = {errno.ENOSPC: " Free some space and run again.", errno.EDQUOT: " Free some space and run again.",
                   errno.EACCES: " Fix the folder's permissions or choose another path.",
+                  errno.EPERM: " Fix the folder's permissions or choose another path.",
                   errno.EROFS: " The file system is read-only: choose another path."}.get(err.errno, "")
         raise CheckpointError(f"could not write {what} {path}: {err.strerror or first_line(err)}.{advice}") from err

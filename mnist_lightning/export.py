@@ -3,19 +3,20 @@
     python -m mnist_lightning export --ckpt_path CKPT --format torchscript --output mnist.pt
     python -m mnist_lightning export --ckpt_path CKPT --format onnx --output mnist.onnx   # pip install -e ".[onnx]"
 
-The exported model is the checkpoint's net (any `nn.Module`) in eval mode (dropout off, batch-norm statistics frozen): it
-takes what `MNISTClassifier.forward` takes, a float batch (N, 1, 28, 28) of any N, scaled like the
+The exported model is the checkpoint's net (any `nn.Module`) in eval mode (dropout off, batch-norm statistics
+frozen): it takes what `MNISTClassifier.forward` takes, a float batch (N, 1, 28, 28) of any N, scaled like the
 run's training data (`x / 255`, then `(x - mean) / std` if the run normalised; the export prints
 which), and returns logits (N, classes). A run trained on deskewed digits (`--data.deskew true`)
-exports with `mnist_lightning.deskew.Deskew` as its first layer, so the file still takes the
+exports with `mnist_lightning.data.deskew.Deskew` as its first layer, so the file still takes the
 scaled pixels and needs no preprocessing code beside it. After writing, the export is loaded back
 and its logits are compared with the checkpoint's on a random batch, before the file is written.
 The ONNX check needs onnxruntime; without it the file is written and the check is skipped, saying so.
 
 The export is serialised in memory, then written with `resume.write_atomically` (temporary file,
 fsync, rename): a full disk or a crash never leaves a truncated file over a good one, and an
-output that is the checkpoint itself (by name, link or default name) is refused before anything is
-written. Nothing else is written: no log folder.
+output that is the checkpoint itself (by name, link or default name), another checkpoint or a run's
+record (`config.yaml`, ...: mnist_lightning/outputs.py) is refused before anything is written. A
+previous export is replaced. Nothing else is written: no log folder.
 
 TorchScript is deprecated upstream in recent PyTorch releases (its FutureWarnings are silenced
 here); it still loads with `torch.jit.load` and needs no Python class. ONNX is the portable choice.
@@ -36,13 +37,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from mnist_lightning import onnx_refusals
 from mnist_lightning.atomic import write_atomically
-from mnist_lightning.deskew import Deskew
-from mnist_lightning.errors import CheckpointError, UserInputError, first_line
-from mnist_lightning.fast import FastMNISTClassifier  # noqa: F401 - imported, so checkpoint_class finds it
-from mnist_lightning.idx import DATASETS
-from mnist_lightning.model import MNISTClassifier
-from mnist_lightning.resume import load_checkpoint_file
+from mnist_lightning.checkpoints.files import load_checkpoint_file
+from mnist_lightning.checkpoints.trust import resolve_class_path
+from mnist_lightning.data.deskew import Deskew
+from mnist_lightning.data.idx import DATASETS
+from mnist_lightning.errors import CheckpointError, UserInputError, exception_chain, first_line
+from mnist_lightning.models.classifier import MNISTClassifier
+from mnist_lightning.models.fast import FastMNISTClassifier  # noqa: F401 - imported, so checkpoint_class finds it
+from mnist_lightning.outputs import refuse_run_file, what_a_run_owns
 
 FORMATS = ("torchscript", "onnx")
 SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
@@ -64,8 +68,8 @@ def checkpoint_class(hparams: dict[str, Any]) -> type[MNISTClassifier]:
     while todo:
         classes.append(todo.pop())
         todo += classes[-1].__subclasses__()
-    wanted = hparams.get("_class_path")
-    return next((c for c in classes if f"{c.__module__}.{c.__qualname__}" == wanted), MNISTClassifier)
+    wanted = resolve_class_path(str(hparams.get("_class_path", "")))  # any path that names it, old or public
+    return wanted if wanted in classes else MNISTClassifier
 
 
 def load_model(ckpt_path: str | Path) -> tuple[MNISTClassifier, dict[str, Any]]:
@@ -83,13 +87,25 @@ def load_model(ckpt_path: str | Path) -> tuple[MNISTClassifier, dict[str, Any]]:
     buffer.seek(0)
     try:
         model = cls.load_from_checkpoint(buffer, map_location="cpu", weights_only=True)
-    except (ImportError, RuntimeError, TypeError, KeyError, ValueError) as err:
+    except (ImportError, RuntimeError, TypeError, KeyError, ValueError, argparse.ArgumentError) as err:
         if isinstance(err, CheckpointError):
             raise
-        saved = checkpoint.get("hyper_parameters") or {}
-        raise CheckpointError(f"{ckpt_path}: cannot rebuild its model {saved.get('_class_path', 'MNISTClassifier')} "
-                              f"({first_line(err)}). A net of your own must be importable (on PYTHONPATH).") from None
+        raise _cannot_rebuild(ckpt_path, checkpoint.get("hyper_parameters") or {}, err) from None
     return model, dict(checkpoint.get("datamodule_hyper_parameters") or {})
+
+
+def _cannot_rebuild(ckpt_path: str | Path, saved: dict[str, Any], err: BaseException) -> CheckpointError:
+    """Why the checkpoint's model did not come back (jsonargparse wraps the reason, often a missing module)."""
+    chain = list(exception_chain(err))
+    missing = next((e for e in chain if isinstance(e, ModuleNotFoundError) and e.name), None)
+    net = saved.get("net") if isinstance(saved.get("net"), dict) else {}
+    if missing is not None and net.get("class_path"):
+        top = missing.name.split(".")[0]
+        holding = f"{top}.py" if str(net["class_path"]).count(".") == 1 else f"the package {top}"
+        return CheckpointError(f"{ckpt_path}: its net {net['class_path']} cannot be imported ({first_line(missing)}): "
+                               f"put the folder holding {holding} on PYTHONPATH, as when the net was trained.")
+    return CheckpointError(f"{ckpt_path}: cannot rebuild its model {saved.get('_class_path', 'MNISTClassifier')} "
+                           f"({first_line(chain[-1])}). A net of your own must be importable (on PYTHONPATH).")
 
 
 def load_net(ckpt_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -123,18 +139,25 @@ def input_description(data_hparams: dict[str, Any]) -> str:
 
 
 def output_path(ckpt_path: str | Path, fmt: str, output: str | Path | None) -> Path:
-    """Where to write: `output`, or the checkpoint's path with the format's suffix; never the checkpoint itself."""
+    """Where to write: `output`, or the checkpoint's path with the format's suffix; never the checkpoint itself,
+    another checkpoint or a run's record (mnist_lightning/outputs.py)."""
     ckpt = Path(ckpt_path)
     default = output is None or str(output) == ""
     target = ckpt.with_suffix(SUFFIXES[fmt]) if default else Path(output)
     if target.is_dir():
-        raise UserInputError(f"--output {target} is a folder: give a file name, e.g. {target / ('model' + SUFFIXES[fmt])}.")
+        suggestion = target / ("model" + SUFFIXES[fmt])
+        raise UserInputError(f"--output {target} is a folder: give a file name, e.g. {suggestion}.")
     same = target.exists() and os.path.samefile(target, ckpt) or target.resolve() == ckpt.resolve()
     if same:
-        which = f"the default output {target} (the checkpoint's name with {SUFFIXES[fmt]})" if default else f"--output {target}"
+        which = (f"the default output {target} (the checkpoint's name with {SUFFIXES[fmt]})" if default
+                 else f"--output {target}")
         suggestion = ckpt.with_name(f"{ckpt.stem}-{fmt}{SUFFIXES[fmt]}")
         raise UserInputError(f"{which} is the checkpoint {ckpt} itself, which the export would overwrite: "
                              f"pass another --output, e.g. {suggestion}.")
+    beside = ckpt.with_suffix(SUFFIXES[fmt])
+    suggestion = beside if beside != target and what_a_run_owns(beside) is None else ckpt.with_name(
+        f"{ckpt.stem}-{fmt}{SUFFIXES[fmt]}")
+    refuse_run_file(target, "--output", suggestion, ckpt, given=not default)
     return target
 
 
@@ -149,7 +172,10 @@ def export_torchscript(net: nn.Module, example: torch.Tensor) -> tuple[bytes, Ru
 
 
 def export_onnx(net: nn.Module, example: torch.Tensor) -> tuple[bytes, Runner | None]:
-    """One self-contained .onnx file (dynamic batch dimension) as bytes, and a runner or None without onnxruntime."""
+    """One self-contained .onnx file (dynamic batch dimension) as bytes, and a runner or None without onnxruntime.
+
+    A net the exporter or onnxruntime cannot take (mnist_lightning/onnx_refusals.py) is one UserInputError.
+    """
     try:
         import onnx  # noqa: F401  (the exporter needs both)
         import onnxscript  # noqa: F401
@@ -159,17 +185,33 @@ def export_onnx(net: nn.Module, example: torch.Tensor) -> tuple[bytes, Runner | 
         ) from None
     with tempfile.TemporaryDirectory(prefix="mnist-export-") as scratch:  # the exporter writes a path
         path = Path(scratch) / "model.onnx"
-        torch.onnx.export(
-            net, (example,), str(path), input_names=["images"], output_names=["logits"],
-            dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False,
-        )
+        try:
+            with onnx_refusals.exporter_diagnostics_kept_quiet():
+                torch.onnx.export(
+                    net, (example,), str(path), input_names=["images"], output_names=["logits"],
+                    dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False,
+                )
+        except torch.onnx.OnnxExporterError as err:  # the user's net: what ONNX cannot hold, and the fix
+            raise onnx_refusals.export_failure(err) from None
         data = path.read_bytes()
+    onnx_refusals.refuse_fixed_batch(data)
     try:
         import onnxruntime
     except ImportError:
         return data, None
-    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
-    return data, lambda x: torch.from_numpy(session.run(["logits"], {"images": x.numpy()})[0])
+    runtime_errors = onnx_refusals.onnxruntime_errors()
+    try:
+        session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    except runtime_errors as err:
+        raise onnx_refusals.runtime_failure(err) from None
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        try:
+            return torch.from_numpy(session.run(["logits"], {"images": x.numpy()})[0])
+        except runtime_errors as err:
+            raise onnx_refusals.runtime_failure(err) from None
+
+    return data, run
 
 
 def export(ckpt_path: str | Path, fmt: str, output: str | Path | None = None) -> Path:
@@ -178,10 +220,6 @@ def export(ckpt_path: str | Path, fmt: str, output: str | Path | None = None) ->
         raise UserInputError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}.")
     net, data_hparams = load_net(ckpt_path)
     target = output_path(ckpt_path, fmt, output)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserInputError(f"cannot create the folder of --output {target}: {err.strerror or err}") from None
     example = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     try:
         data, runner = export_torchscript(net, example) if fmt == "torchscript" else export_onnx(net, example)
@@ -195,6 +233,10 @@ def export(ckpt_path: str | Path, fmt: str, output: str | Path | None = None) ->
         if difference > CHECK_TOLERANCE:
             raise UserInputError(f"the {fmt} export does not reproduce the checkpoint (logits differ by "
                                  f"{difference:.2e}): nothing was written to {target}.")
+    try:  # only now: a refused export leaves no folder either
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserInputError(f"cannot create the folder of --output {target}: {err.strerror or err}") from None
     write_atomically(target, lambda f: f.write(data), what=f"{fmt} export")
 
     print(f"Wrote {fmt} model {target} ({len(data) / 1024:.0f} KiB)")

@@ -32,7 +32,8 @@ class AppendingCSVLogger(LightningCSVLogger):
     rows are handed to the writer's `log_metrics` as they were read and saved at once, then the moved file goes.
     """
 
-    def __init__(self, save_dir: str | os.PathLike, name: str | None = "lightning_logs", version: int | str | None = None,
+    def __init__(self, save_dir: str | os.PathLike, name: str | None = "lightning_logs",
+                 version: int | str | None = None,
                  prefix: str = "", flush_logs_every_n_steps: int = 100) -> None:
         super().__init__(save_dir, name=name, version=version, prefix=prefix,
                          flush_logs_every_n_steps=flush_logs_every_n_steps)

@@ -5,7 +5,7 @@
 
 Everything comes from the run's TensorBoard event files, the way TensorBoard shows it: the epoch-level
 scalars `train/loss`, `train/acc`, `val/loss` and `val/acc` (drawn against the global step), and the
-last epoch's `val/confusion_matrix` and `val/predictions` images (mnist_lightning.figures.ValidationFigures,
+last epoch's `val/confusion_matrix` and `val/predictions` images (mnist_lightning.callbacks.ValidationFigures,
 which the default config, mnist_lightning/default.yaml, turns on). The curves are drawn with PIL, like the
 figures themselves, so the script needs nothing beyond the project's own dependencies.
 
@@ -34,7 +34,7 @@ DEFAULT_DATA_DIR = ROOT / ".." / "shared" / "data" / "mnist"
 SCALARS = ("train/loss", "val/loss", "train/acc", "val/acc")
 CONFUSION, PREDICTIONS = "val/confusion_matrix", "val/predictions"
 MAKES_IT = "python -m mnist_lightning fit (the default config, mnist_lightning/default.yaml)"
-FIGURE_TAG_SOURCE = "mnist_lightning.figures.ValidationFigures, a callback of mnist_lightning/default.yaml"
+FIGURE_TAG_SOURCE = "mnist_lightning.callbacks.ValidationFigures, a callback of mnist_lightning/default.yaml"
 
 FONT_SIZE = 15  # pixels, as in the TensorBoard figures
 COLOURS = {"train": (31, 119, 180), "val": (255, 127, 14)}  # the blue and orange readers know from matplotlib
@@ -53,12 +53,15 @@ def font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 # --- reading the run --------------------------------------------------------------------------------
 
-def load_run(run_dir: Path, predictions: bool = True) -> tuple[dict[str, list[tuple[int, float]]], dict[str, Image.Image]]:
+def load_run(run_dir: Path,
+             predictions: bool = True) -> tuple[dict[str, list[tuple[int, float]]], dict[str, Image.Image]]:
     """The four epoch-level curves as (step, value) lists, and the last step's figure images."""
     if not run_dir.is_dir():
-        raise FigureError(f"{run_dir} is not a folder: give a run folder such as lightning_logs/version_0, made by {MAKES_IT}")
+        raise FigureError(f"{run_dir} is not a folder: give a run folder such as lightning_logs/version_0, "
+                          f"made by {MAKES_IT}")
     if not any(p.name.startswith("events.out.tfevents") for p in run_dir.iterdir()):
-        raise FigureError(f"{run_dir} has no TensorBoard event files (events.out.tfevents.*): make a run with {MAKES_IT}")
+        raise FigureError(f"{run_dir} has no TensorBoard event files (events.out.tfevents.*): "
+                          f"make a run with {MAKES_IT}")
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
     tags = events.Tags()
@@ -110,7 +113,8 @@ def plain_label(value: float, ticks: Sequence[float]) -> str:
     return f"{value:.{decimals}f}"
 
 
-def line_chart(series: dict[str, list[tuple[int, float]]], title: str, size: tuple[int, int], percent: bool = False) -> Image.Image:
+def line_chart(series: dict[str, list[tuple[int, float]]], title: str, size: tuple[int, int],
+               percent: bool = False) -> Image.Image:
     """`series` (legend name -> (step, value) points) as a line chart with axes, ticks, a legend and a title."""
     f = font()
     ascent, descent = f.getmetrics()
@@ -184,7 +188,8 @@ def line_chart(series: dict[str, list[tuple[int, float]]], title: str, size: tup
 # --- the whole picture ----------------------------------------------------------------------------------
 
 def compose(curves: dict[str, list[tuple[int, float]]], images: dict[str, Image.Image]) -> Image.Image:
-    """Curves stacked on the left, the confusion matrix beside them, the predictions grid on the right, a title above."""
+    """Curves stacked on the left, the confusion matrix beside them, the predictions grid on the right, a title
+    above."""
     f = font()
     ascent, descent = f.getmetrics()
     confusion = images[CONFUSION]
@@ -238,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", type=Path, help="a run folder with TensorBoard event files, e.g. lightning_logs/version_0")
+    source.add_argument("--run", type=Path,
+                        help="a run folder with TensorBoard event files, e.g. lightning_logs/version_0")
     source.add_argument("--fit", action="store_true", help="train a run first (in a temporary folder) and draw it")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "images" / "run.png", help="the PNG to write")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="with --fit: the MNIST files")

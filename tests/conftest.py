@@ -63,7 +63,12 @@ def write_idx_dataset(folder: Path, n_train: int = 600, n_test: int = 200, gz: b
     target.mkdir(parents=True, exist_ok=True)
     train_x, train_y = make_digits(n_train, seed)
     test_x, test_y = make_digits(n_test, seed + 1)
-    contents = [idx_images_bytes(train_x), idx_labels_bytes(train_y), idx_images_bytes(test_x), idx_labels_bytes(test_y)]
+    contents = [
+        idx_images_bytes(train_x),
+        idx_labels_bytes(train_y),
+        idx_images_bytes(test_x),
+        idx_labels_bytes(test_y),
+    ]
     for name, data in zip(IDX_NAMES, contents, strict=True):
         if gz:
             (target / f"{name}.gz").write_bytes(gzip.compress(data))
@@ -299,9 +304,7 @@ def run_cli(*args: str, cwd: Path, timeout: float | None = None, env: dict | Non
     try:
         with _console_into(out, err):
             try:
-                main()
-            except SystemExit as exit_:
-                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+                code = main()
             except BaseException:  # as the interpreter would: the traceback on stderr, exit code 1
                 traceback.print_exc(file=err)
                 code = 1
@@ -415,7 +418,7 @@ def read_probes(out_dir: Path, stage: str, world_size: int) -> list[dict[str, An
 
 def image_keys(data_dir: Path, val_size: int = VAL_SIZE) -> dict[str, set[str]]:
     """The hash of every image of the train/val/test splits, as the datamodule cuts them."""
-    from mnist_lightning.data import MNISTDataModule
+    from mnist_lightning.data.datamodule import MNISTDataModule
 
     dm = MNISTDataModule(data_dir=str(data_dir), verify=False, val_size=val_size)
     dm.setup(None)

@@ -33,7 +33,8 @@ class SignalAt(Callback):
         self.signum = getattr(signal, signal_name)
         self._done = False
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
         if _reached(self._done, trainer, self.epoch, self.batch, batch_idx):
             self._done = True
             os.kill(os.getpid(), self.signum)
@@ -47,7 +48,8 @@ class NaNLossAt(Callback):
         self.batch = batch
         self._done = False
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
         if _reached(self._done, trainer, self.epoch, self.batch, batch_idx):
             self._done = True
             for p in pl_module.parameters():

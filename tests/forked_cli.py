@@ -37,7 +37,8 @@ _context.set_forkserver_preload(PRELOAD)
 
 
 def _child(args: Sequence[str], cwd: str, environ: dict[str, str], stdout: str, stderr: str) -> None:
-    """In the forked process: a session of its own, the given console files, folder and environment, then the command."""
+    """In the forked process: a session of its own, the given console files, folder and environment, then the
+    command."""
     os.setsid()  # as start_new_session=True: the test can kill the command's whole process group
     for fd, path in ((1, stdout), (2, stderr)):
         target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)

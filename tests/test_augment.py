@@ -16,13 +16,13 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnist_lightning import MLP, MNISTClassifier, MNISTDataModule
-from mnist_lightning.augment import AffineJitter, ElasticJitter, TrainingAugmentation
-from mnist_lightning.experiments import parse_fit
-from mnist_lightning.fast import FastMNISTClassifier
+from mnist_lightning.data.augment import AffineJitter, ElasticJitter, TrainingAugmentation
+from mnist_lightning.models.fast import FastMNISTClassifier
+from mnist_lightning.sweeps.fit_options import parse_fit
 
 AUGMENT_CONFIG = str(PROJECT_ROOT / "configs" / "augment.yaml")
 # Strong enough that hardly any training image keeps all its pixels.
-STRONG = ("--data.augment", "mnist_lightning.augment.AffineJitter", "--data.augment.init_args.rotation", "30",
+STRONG = ("--data.augment", "mnist_lightning.data.AffineJitter", "--data.augment.init_args.rotation", "30",
           "--data.augment.init_args.shift", "3")
 VAL_SIZE = 100
 
@@ -191,10 +191,10 @@ def test_the_grid_of_augmented_training_images_is_written_to_tensorboard_once(au
 def test_the_augmentation_is_in_the_checkpoint_and_the_hparams_row(augmented_run: Path) -> None:
     """A resume checks it (and refuses another), evaluation ignores it, HPARAMS shows it, weights-only loadable."""
     saved = torch.load(augmented_run / "checkpoints" / "last.ckpt", weights_only=True)["datamodule_hyper_parameters"]
-    assert saved["augment"] == {"class_path": "mnist_lightning.augment.AffineJitter",
+    assert saved["augment"] == {"class_path": "mnist_lightning.data.AffineJitter",
                                 "init_args": {"rotation": 8.0, "scale": 0.08, "shift": 2.0}}
     row = hparams_row(augmented_run)
-    assert row["data.augment"] == "mnist_lightning.augment.AffineJitter"
+    assert row["data.augment"] == "mnist_lightning.data.AffineJitter"
     assert row["data.augment.init_args.rotation"] == pytest.approx(8.0)
 
 
@@ -210,3 +210,26 @@ def test_a_resume_refuses_another_augmentation_naming_the_setting(augmented_run:
     assert ("resuming with data.augment.init_args.rotation=4.0, but the checkpoint was trained with "
             "data.augment.init_args.rotation=8.0") in result.stderr
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+CROPPING_AUGMENT = '''
+import torch
+from mnist_lightning.data import BatchAugment
+
+
+class Crop(BatchAugment):
+    """A user's augmentation that (wrongly) returns smaller images."""
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return images[..., 2:-2, 2:-2]
+'''
+
+
+def test_an_augmentation_that_changes_the_batch_shape_is_one_line(shared_tiny_data: Path, tmp_path: Path) -> None:
+    (tmp_path / "my_augment.py").write_text(CROPPING_AUGMENT)
+    result = run_cli("fit", "--data.data_dir", str(shared_tiny_data), *TINY_ARGS, "--data.augment", "my_augment.Crop",
+                     cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: data.augment my_augment.Crop turned a batch (64, 1, 28, 28)"), last
+    assert "(64, 1, 24, 24)" in last and "shape and dtype it was given" in last

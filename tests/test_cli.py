@@ -65,9 +65,11 @@ def test_print_config_shows_the_defaults_and_overrides(tmp_path):
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
     model = config["model"]["init_args"]
-    assert config["model"]["class_path"] == "mnist_lightning.model.MNISTClassifier"
+    assert config["model"]["class_path"] == "mnist_lightning.models.MNISTClassifier"
     assert model["optimizer"]["class_path"] == "torch.optim.Adam" and model["optimizer"]["init_args"]["lr"] == 0.005
-    assert model["net"]["class_path"] == "mnist_lightning.model.MLP" and model["net"]["init_args"]["hidden_sizes"] == [50]
+    assert model["net"]["class_path"] == "mnist_lightning.models.MLP" and model["net"]["init_args"]["hidden_sizes"] == [
+        50
+    ]
     assert model["lr_scheduler"] is None
     assert config["trainer"]["max_epochs"] == 3 and config["data"]["batch_size"] == 64
 
@@ -81,7 +83,7 @@ def test_configs_stack_and_the_seed_config_is_the_tutorial(tmp_path):
     assert config["trainer"]["accelerator"] == "cpu" and config["trainer"]["max_epochs"] == 3
     model = config["model"]["init_args"]
     net, optimizer = model["net"], model["optimizer"]
-    assert net["class_path"] == "mnist_lightning.model.MLP"
+    assert net["class_path"] == "mnist_lightning.models.MLP"
     assert net["init_args"]["hidden_sizes"] == [50] and net["init_args"]["dropout"] == 0.0
     assert net["init_args"]["batch_norm"] is False
     assert optimizer["class_path"] == "torch.optim.Adam" and optimizer["init_args"]["lr"] == 0.001
@@ -97,7 +99,7 @@ def test_the_best_recipe_config_is_the_documented_one(tmp_path):
     model = config["model"]["init_args"]
     net = model["net"]["init_args"]
     assert net["hidden_sizes"] == [1024, 1024] and net["batch_norm"] is True
-    assert model["lr_scheduler"]["class_path"] == "mnist_lightning.schedules.OneCycle"
+    assert model["lr_scheduler"]["class_path"] == "mnist_lightning.models.OneCycle"
     assert config["data"]["deskew"] is True and config["data"]["normalize"] is True
     assert config["trainer"]["precision"] == "32-true" and config["trainer"]["max_epochs"] == 20
 
@@ -121,10 +123,10 @@ def test_help_is_readable_and_shows_the_ranges(tmp_path):
     for option in ("--model.net", "--model.optimizer", "--model.lr_scheduler"):
         assert option in model_help.stdout
     assert "UnitShare" in model_help.stdout  # the ranges are visible (label_smoothing)
-    net_help = run_cli("fit", "--model.net.help", "mnist_lightning.model.MLP", cwd=tmp_path)
+    net_help = run_cli("fit", "--model.net.help", "mnist_lightning.models.MLP", cwd=tmp_path)
     assert net_help.returncode == 0, net_help.stderr
     assert "hidden_sizes" in net_help.stdout and "PositiveInt" in net_help.stdout and "UnitShare" in net_help.stdout
-    schedule_help = run_cli("fit", "--model.lr_scheduler.help", "mnist_lightning.schedules.OneCycle", cwd=tmp_path)
+    schedule_help = run_cli("fit", "--model.lr_scheduler.help", "mnist_lightning.models.OneCycle", cwd=tmp_path)
     assert schedule_help.returncode == 0, schedule_help.stderr
     assert "warmup" in schedule_help.stdout and "PositiveFloat" in schedule_help.stdout
 
@@ -150,7 +152,7 @@ def test_config_typo_names_the_key(tmp_path):
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(("--model.optimizer.init_args.lr", "-1"), "model.optimizer (torch.optim.adam.Adam) refused its arguments"),
+    [(("--model.optimizer.init_args.lr", "-1"), "model.optimizer (torch.optim.Adam) refused its arguments"),
      (("--model.net.init_args.hidden_sizes", "[]"), "MLP hidden_sizes"),
      (("--model.net.init_args.dropout", "1.5"), "UnitShare"),
      (("--data.batch_size", "0"), "data.batch_size"), (("--data.val_size", "600"), "val_size must be smaller")],

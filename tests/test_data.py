@@ -17,13 +17,14 @@ from types import ModuleType
 import pytest
 import torch
 import torchvision
-from conftest import IDX_NAMES, write_idx_dataset
+from conftest import IDX_NAMES, run_cli, write_idx_dataset
 from torchvision import transforms
 
 from mnist_lightning import MNISTDataModule
-from mnist_lightning.augment import AffineJitter
-from mnist_lightning.data import ResumableDataLoader, split_indices
-from mnist_lightning.digits import InMemoryDigits
+from mnist_lightning.data.augment import AffineJitter
+from mnist_lightning.data.datamodule import split_indices
+from mnist_lightning.data.digits import InMemoryDigits
+from mnist_lightning.data.loaders import ResumableDataLoader
 from mnist_lightning.errors import DataFileError, UserInputError
 
 
@@ -56,7 +57,8 @@ def test_same_split_for_the_same_seed_and_another_for_another_seed(shared_tiny_d
 def test_split_matches_torch_random_split():
     """The split is exactly what torch's random_split gives with the same generator seed."""
     train, val = split_indices(600, 100, seed=3)
-    ref_train, ref_val = torch.utils.data.random_split(range(600), [500, 100], generator=torch.Generator().manual_seed(3))
+    ref_train, ref_val = torch.utils.data.random_split(range(600), [500, 100],
+                                                       generator=torch.Generator().manual_seed(3))
     assert train == list(ref_train) and val == list(ref_val)
 
 
@@ -203,7 +205,8 @@ class _ProjectUnderPythonO:
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or spec.origin is None:
             return None
-        return importlib.util.spec_from_file_location(name, spec.origin, loader=_CompiledAsUnderPythonO(name, spec.origin),
+        return importlib.util.spec_from_file_location(name, spec.origin,
+                                                      loader=_CompiledAsUnderPythonO(name, spec.origin),
                                                       submodule_search_locations=spec.submodule_search_locations)
 
 
@@ -260,14 +263,15 @@ def test_missing_files_offline_give_one_clear_message(tmp_path, monkeypatch):
     assert "--data.data_dir" in message
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "field"),
-    [({"batch_size": 0}, "batch_size"), ({"val_size": -1}, "val_size"), ({"num_workers": -1}, "num_workers"),
-     ({"dataset": "cifar"}, "dataset")],
-)
-def test_invalid_values_are_rejected_naming_the_field(kwargs, field):
-    with pytest.raises(UserInputError, match=f"data.{field}"):
-        MNISTDataModule(**kwargs)
+@pytest.mark.parametrize(("option", "value"), [("--data.batch_size", "0"), ("--data.val_size", "-1"),
+                                             ("--data.num_workers", "-1"), ("--data.dataset", "cifar")])
+def test_invalid_values_are_rejected_naming_the_field(option, value, tmp_path):
+    """The types of MNISTDataModule's arguments (PositiveInt, NonNegativeInt, Literal) bound them: the CLI refuses a
+    value outside them, naming the setting, before anything is built or written."""
+    result = run_cli("fit", option, value, "--print_config", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert option.removeprefix("--") in result.stderr, result.stderr
+    assert not (tmp_path / "lightning_logs").exists()
 
 
 def test_val_size_not_smaller_than_the_training_set_is_rejected(shared_tiny_data):
@@ -313,6 +317,6 @@ def test_fixed_settings_are_the_declared_ones_and_every_dataset_has_ten_classes(
     # A class-path setting is flat, as on the command line: its class path and each init arg.
     augmented = MNISTDataModule(dataset=dataset, augment=AffineJitter(rotation=5)).fixed_settings()
     assert {k: v for k, v in augmented.items() if k.startswith("augment")} == {
-        "augment": "mnist_lightning.augment.AffineJitter", "augment.init_args.rotation": 5.0,
+        "augment": "mnist_lightning.data.AffineJitter", "augment.init_args.rotation": 5.0,
         "augment.init_args.scale": 0.08, "augment.init_args.shift": 2.0}
     assert dm.num_classes == 10 == len(dm.classes)

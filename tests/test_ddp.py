@@ -43,8 +43,8 @@ from conftest import (
     write_idx_dataset,
 )
 
-from mnist_lightning.model import MNISTClassifier
-from mnist_lightning.resume import load_checkpoint_file
+from mnist_lightning.checkpoints.files import load_checkpoint_file
+from mnist_lightning.models.classifier import MNISTClassifier
 
 TIMEOUT_S = 180
 # 601 training images - 101 for validation = 500 to train on (250 per rank, 4 batches of 64);
@@ -53,7 +53,7 @@ N_TRAIN, N_TEST = 601, 201
 SMALL = (*TINY_ARGS, "--data.val_size", str(VAL_SIZE), "--torch_threads", "1", "--trainer.accelerator", "cpu")
 # Dropout (random draws per step) and a per-step schedule: what makes the fast class's bit-for-bit match
 # with the idiomatic one non-trivial. The sharding runs train with them too, so one run serves both tests.
-MODEL_UNDER_TEST = ("--model.net.init_args.dropout", "0.2", "--model.lr_scheduler", "mnist_lightning.schedules.OneCycle")
+MODEL_UNDER_TEST = ("--model.net.init_args.dropout", "0.2", "--model.lr_scheduler", "mnist_lightning.models.OneCycle")
 
 
 def assert_checkpoint_loads(path: Path, epoch: int, global_step: int) -> None:
@@ -136,7 +136,8 @@ def ddp_fit(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Callabl
 # -------------------------------------------------------------------------------------------- tests
 @pytest.mark.slow
 @pytest.mark.parametrize(("strategy", "pipeline"), [("ddp", "memory"), ("ddp_spawn", "memory"), ("ddp", "torchvision")])
-def test_two_processes_shard_training_data_and_write_one_run(strategy: str, pipeline: str, ddp_fit: Callable[[str, str], DdpFit],
+def test_two_processes_shard_training_data_and_write_one_run(strategy: str, pipeline: str,
+                                                             ddp_fit: Callable[[str, str], DdpFit],
                                                              keys: dict[str, set[str]]) -> None:
     fit = ddp_fit(strategy, pipeline)
     assert "Training batch: 64 per process x 2 processes = global batch 128." in fit.result.stdout + fit.result.stderr
@@ -161,7 +162,8 @@ def test_two_processes_shard_training_data_and_write_one_run(strategy: str, pipe
 
 
 @pytest.mark.slow
-def test_under_ddp_the_fast_class_ends_with_the_idiomatic_class_weights(data_dir: Path, ddp_fit: Callable[[str, str], DdpFit],
+def test_under_ddp_the_fast_class_ends_with_the_idiomatic_class_weights(data_dir: Path,
+                                                                         ddp_fit: Callable[[str, str], DdpFit],
                                                                          tmp_path: Path) -> None:
     """Several manual backward passes per DDP forward (FastMNISTClassifier): gradients are still
     averaged at every step, so the weights equal MNISTClassifier's, bit for bit. The idiomatic run is
@@ -173,7 +175,8 @@ def test_under_ddp_the_fast_class_ends_with_the_idiomatic_class_weights(data_dir
     assert fast.returncode == 0, fast.stderr[-5000:]
     weights = {}
     for name, workdir in (("idiomatic", ddp_fit("ddp", "memory").workdir), ("fast", tmp_path)):
-        checkpoint = torch.load(workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+        checkpoint = torch.load(workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt",
+                                weights_only=True)
         assert checkpoint["global_step"] == 8  # 4 steps per epoch per process
         assert checkpoint["hyper_parameters"]["net"]["init_args"]["dropout"] == 0.2
         weights[name] = checkpoint["state_dict"]
@@ -322,7 +325,8 @@ def test_slurm_script_requeues_and_resumes_into_the_same_run(data_dir: Path, tmp
             "--trainer.callbacks.batch", "2", "--trainer.callbacks.signal_name", "SIGTERM")
 
     # Real processes: the subject is the batch script, its signals and its exit code.
-    first = subprocess.run(args, cwd=tmp_path, env={**env, "FAULT_INJECTION": "1"}, capture_output=True, text=True, timeout=TIMEOUT_S)
+    first = subprocess.run(args, cwd=tmp_path, env={**env, "FAULT_INJECTION": "1"},
+                           capture_output=True, text=True, timeout=TIMEOUT_S)
     assert first.returncode == 128 + signal.SIGTERM, first.stderr[-5000:]
     assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
     run = tmp_path / "lightning_logs" / "slurm-4242"
@@ -331,6 +335,7 @@ def test_slurm_script_requeues_and_resumes_into_the_same_run(data_dir: Path, tmp
     requeued = subprocess.run(args, cwd=tmp_path, env={**env, "FAULT_INJECTION": "0", "MASTER_PORT": str(free_port())},
                               capture_output=True, text=True, timeout=TIMEOUT_S)
     assert requeued.returncode == 0, requeued.stderr[-5000:]
-    assert f"resuming from {Path('lightning_logs/slurm-4242/checkpoints/last.ckpt')}" in requeued.stdout  # the newer one
+    newer = Path("lightning_logs/slurm-4242/checkpoints/last.ckpt")
+    assert f"resuming from {newer}" in requeued.stdout  # the newer one
     assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == ["slurm-4242"]
     assert_checkpoint_loads(run / "checkpoints" / "last.ckpt", epoch=2, global_step=3 * 8)  # 500 images / 64

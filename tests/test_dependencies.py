@@ -57,8 +57,10 @@ def test_the_lock_keeps_the_torch_the_makefile_installs() -> None:
 
 
 def _call_deprecated_api_from(module: str) -> None:
-    """`ArgumentParser.instantiate_classes` (deprecated in jsonargparse 4.49, gone in 5.0) called by code of `module`."""
-    code = "from jsonargparse import ArgumentParser\nparser = ArgumentParser()\nparser.instantiate_classes(parser.parse_args([]))\n"
+    """`ArgumentParser.instantiate_classes` (deprecated in jsonargparse 4.49, gone in 5.0) called by code of
+    `module`."""
+    code = ("from jsonargparse import ArgumentParser\nparser = ArgumentParser()\n"
+            "parser.instantiate_classes(parser.parse_args([]))\n")
     exec(compile(code, f"<{module}>", "exec"), {"__name__": module})
 
 

@@ -14,11 +14,11 @@ from conftest import TINY_ARGS, run_cli
 from PIL import Image
 
 from mnist_lightning import MNISTDataModule
-from mnist_lightning.deskew import Deskew, deskew
+from mnist_lightning.checkpoints.files import load_checkpoint_file
+from mnist_lightning.data.deskew import Deskew, deskew
+from mnist_lightning.data.idx import DATASETS, load_split
+from mnist_lightning.data.images import ImageFolderDigits, to_mnist
 from mnist_lightning.export import load_net
-from mnist_lightning.idx import DATASETS, load_split
-from mnist_lightning.images import ImageFolderDigits, to_mnist
-from mnist_lightning.resume import load_checkpoint_file
 
 
 def slant_and_centre(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

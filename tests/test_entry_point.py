@@ -26,7 +26,7 @@ FRESH_INTERPRETER = (
     "def snapshot(): return {'env': dict(os.environ), 'filters': [repr(f) for f in warnings.filters],"
     " 'threads': torch.get_num_threads()}\n"
     "before = snapshot()\n"
-    "import mnist_lightning, mnist_lightning.fast, mnist_lightning.figures, mnist_lightning.predict\n"
+    "import mnist_lightning, mnist_lightning.models, mnist_lightning.callbacks, mnist_lightning.cli\n"
     "same = before == snapshot()\n"
     # 2. the NVML fix: failed library loads per Adam step, before and after it
     "loads = []\n"
@@ -50,7 +50,8 @@ FRESH_INTERPRETER = (
     "nvml_after = step_loads()\n"
     "ctypes.CDLL = real\n"
     "with open(sys.argv[1], 'w') as f:\n"
-    "    json.dump({'same': same, 'nvml': {'loadable': loadable, 'flag': os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK'),"
+    "    json.dump({'same': same, 'nvml': {'loadable': loadable,"
+    " 'flag': os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK'),"
     " 'before': nvml_before, 'after': nvml_after}}, f)\n"
     # 3. a command ends with a plain interpreter exit: the atexit handler runs
     "marker = sys.argv[2]\n"
@@ -110,9 +111,9 @@ LIGHTNING_STARTUP = ("Seed set to ", "GPU available: ", "TPU available: ", "HPU 
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (("--model.optimizer.init_args.lr", "-1"), "model.optimizer (torch.optim.adam.Adam) refused its arguments: "
+    (("--model.optimizer.init_args.lr", "-1"), "model.optimizer (torch.optim.Adam) refused its arguments: "
                                                "Invalid learning rate"),  # found inside Lightning's fit
-    (("--torch_threads", "0"), "torch_threads must be >= 1"),  # found while parsing, before anything starts
+    (("--torch_threads", "0"), "Parser key \"torch_threads\""),  # refused by its type while parsing
 ], ids=["lr", "threads"])
 def test_a_users_mistake_exits_2_with_one_line(args, message, shared_tiny_data, tmp_path):
     result = run_cli("fit", "--data.data_dir", str(shared_tiny_data), *TINY_ARGS, *args, cwd=tmp_path)

@@ -27,7 +27,11 @@ from optuna.distributions import CategoricalDistribution
 from pytorch_lightning.callbacks import Callback
 
 from mnist_lightning.errors import UserInputError
-from mnist_lightning.experiments import cli_value, load_sweep, parse_fit, seeds_main, summarize
+from mnist_lightning.sweeps.command import sweep_main
+from mnist_lightning.sweeps.fit_options import cli_value, parse_fit
+from mnist_lightning.sweeps.sampler import TrialSeededSampler
+from mnist_lightning.sweeps.seeds import seeds_main, summarize
+from mnist_lightning.sweeps.sweep_file import load_sweep
 
 SEED_CONFIG = PROJECT_ROOT / "configs" / "seed.yaml"
 
@@ -37,7 +41,7 @@ def write_sweep(folder: Path, name: str = "tiny", **fields: object) -> Path:
     spec = {
         "configs": [str(SEED_CONFIG)],
         "n_trials": 3,
-        "pruner": "none",
+        "pruner": "optuna.pruners.NopPruner",
         "heartbeat": {"interval": 1, "grace_period": 3},
         "search_space": {
             "model.optimizer.init_args.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
@@ -60,7 +64,8 @@ def fit_args(data: Path, epochs: int = 1) -> list[str]:
 
 
 def load(cwd: Path, name: str = "tiny") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{cwd / 'lightning_logs' / 'sweeps' / name / 'study.db'}")
+    storage = f"sqlite:///{cwd / 'lightning_logs' / 'sweeps' / name / 'study.db'}"
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def states(study: optuna.Study) -> Counter:
@@ -105,29 +110,73 @@ class AwaitPeer(Callback):
 
 
 # ------------------------------------------------------------------------------------------- the sweep file
-@pytest.mark.parametrize(("fields", "message"), [
-    ({"serach_space": {}}, "unknown field 'serach_space'. Did you mean search_space?"),
-    ({"n_trials": "many"}, "n_trials must be a positive whole number"),
+@pytest.mark.parametrize(("fields", "named"), [
+    ({"serach_space": ONE_POINT}, ["serach_space"]),  # a key the sweep file does not have
+    ({"n_trails": 3}, ["n_trails", "not accepted"]),
+    ({"n_trials": "many"}, ["n_trials", "PositiveInt"]),
+    ({"n_trials": 0}, ["n_trials", "PositiveInt"]),
+    ({"heartbeat": {"intervall": 1}}, ["heartbeat", "intervall"]),
+    ({"direction": "maximise"}, ["direction", "maximise"]),
     ({"search_space": {"model.optimizer.init_args.lr": {"type": "float", "low": 0.1, "high": 0.01}}},
-     "search_space model.optimizer.init_args.lr"),
+     ["search_space model.optimizer.init_args.lr", "low <= high"]),
     ({"search_space": {"model.optimizer.init_args.lr": {"type": "uniform", "low": 0.1, "high": 1}}},
-     "needs `type: float|int|categorical`"),
-    ({"search_space": {"data.batch_size": {"type": "int", "low": 32, "high": 64, "choices": [1]}}}, "unknown field(s) choices"),
-    ({"configs": ["no_such.yaml"]}, "run config no_such.yaml not found"),
-    ({"pruner": {"type": "medain"}}, "pruner type must be one of"),
+     ["search_space model.optimizer.init_args.lr", "needs `type: float|int|categorical`"]),
+    ({"search_space": {"data.batch_size": {"type": "int", "low": 32, "high": 64, "choices": [1]}}},
+     ["search_space data.batch_size", "'choices' is not accepted"]),
+    ({"search_space": {"data.batch_size": {"type": "int", "low": 32, "high": 64.5}}},
+     ["search_space data.batch_size", "high"]),
+    ({"search_space": {}}, ["search_space must map fit options"]),
+    ({"configs": ["no_such.yaml"]}, ["configs", "no_such.yaml", "does not exist"]),
+    ({"pruner": {"class_path": "optuna.pruners.MedainPruner"}}, ["pruner", "MedainPruner"]),
+    ({"pruner": {"type": "median"}}, ["pruner", "'type': 'median'", "class path with init args"]),  # the old format
+    ({"pruner": {"class_path": "optuna.pruners.PercentilePruner", "init_args": {"percentile": 200}}},
+     ["pruner optuna.pruners.PercentilePruner", "Percentile must be between 0 and 100"]),  # Optuna's own check
+    ({"sampler": {"class_path": "optuna.samplers.TPESampler", "init_args": {"sed": 0}}}, ["sampler", "'sed'"]),
+    ({"sampler": "optuna.pruners.MedianPruner"}, ["sampler", "MedianPruner", "BaseSampler"]),  # the wrong kind
 ])
-def test_sweep_file_mistakes_are_named(tmp_path: Path, fields: dict, message: str) -> None:
-    with pytest.raises(UserInputError, match=re.escape(message)):
+def test_sweep_file_mistakes_are_named(tmp_path: Path, fields: dict, named: list[str]) -> None:
+    with pytest.raises(UserInputError) as caught:
         load_sweep(write_sweep(tmp_path, **fields))
+    message = str(caught.value)
+    assert message.startswith(f"sweep file {tmp_path / 'tiny.yaml'}: ") and "\n" not in message, message
+    assert all(fragment in message for fragment in named), message
+
+
+def test_sweep_file_sampler_and_pruner_are_optuna_class_paths(tmp_path: Path) -> None:
+    """Short class names resolve as in any class path; a seeded sampler is seeded per trial; a class the file names
+    takes only the init args the file gives it (none of the default pruner's), and a left-out part its default."""
+    sweep = load_sweep(write_sweep(tmp_path, sampler={"class_path": "RandomSampler", "init_args": {"seed": 3}},
+                                   pruner={"class_path": "PercentilePruner", "init_args": {"percentile": 25.0}}))
+    assert isinstance(sweep.sampler, TrialSeededSampler) and isinstance(sweep.pruner, optuna.pruners.PercentilePruner)
+    draws = []
+    for _ in range(2):  # the same draws again: each trial's sampler is seeded by the sweep's seed and its number
+        study = optuna.create_study(sampler=load_sweep(tmp_path / "tiny.yaml").sampler)
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+        draws.append([t.params["x"] for t in study.trials])
+    assert draws[0] == draws[1] and len(set(draws[0])) == 3
+    threshold = load_sweep(write_sweep(tmp_path, pruner={"class_path": "ThresholdPruner", "init_args": {"lower": 2}}))
+    trial = optuna.create_study(pruner=threshold.pruner).ask()
+    trial.report(1.0, step=0)
+    assert trial.should_prune()  # from step 0, ThresholdPruner's own n_warmup_steps: not the default pruner's 1
+    assert isinstance(load_sweep(write_sweep(tmp_path, pruner=None)).pruner, optuna.pruners.MedianPruner)
+
+
+def test_sweep_command_refuses_a_trial_count_its_type_refuses(tmp_path: Path) -> None:
+    with pytest.raises(UserInputError, match="--n_trials.*PositiveInt"):
+        sweep_main(["--config", str(write_sweep(tmp_path)), "--n_trials", "0"])
 
 
 def test_shipped_sweep_files_load() -> None:
     tutorial = load_sweep(PROJECT_ROOT / "configs" / "sweeps" / "tutorial.yaml")
     assert tutorial.configs == [SEED_CONFIG]
-    assert set(tutorial.search_space) == {"model.optimizer.init_args.lr", "model.net.init_args.hidden_sizes", "data.batch_size"}
+    assert set(tutorial.search_space) == {"model.optimizer.init_args.lr", "model.net.init_args.hidden_sizes",
+                                          "data.batch_size"}
+    assert isinstance(tutorial.pruner, optuna.pruners.MedianPruner) and isinstance(tutorial.sampler, TrialSeededSampler)
     for name in ("mlp", "mlp_99", "mlp_deskew"):
         sweep = load_sweep(PROJECT_ROOT / "configs" / "sweeps" / f"{name}.yaml")
         assert sweep.configs == [PROJECT_ROOT / "configs" / "mlp_best.yaml"] and sweep.search_space, name
+    augment = load_sweep(PROJECT_ROOT / "configs" / "sweeps" / "mlp_augment.yaml")
+    assert isinstance(augment.pruner, optuna.pruners.NopPruner)
 
 
 @pytest.mark.slow
@@ -154,19 +203,22 @@ def test_unknown_search_space_key_is_refused_before_any_trial(shared_tiny_data: 
     result = run_cli("sweep", "--config", str(write_sweep(tmp_path, search_space=space)), *fit_args(shared_tiny_data),
                      cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
-    assert result.stderr.startswith("error: search_space model.net.init_args.hiden_sizes") and "not accepted" in result.stderr
+    assert (result.stderr.startswith("error: search_space model.net.init_args.hiden_sizes")
+            and "not accepted" in result.stderr)
     assert not (tmp_path / "lightning_logs").exists()  # no run folder, no study
 
 
 # ------------------------------------------------------------------------------------------- sweeps
 @pytest.mark.slow
-def test_sweep_runs_each_trial_as_a_fit_run_and_best_yaml_reproduces_the_best(shared_tiny_data: Path, tmp_path: Path) -> None:
+def test_sweep_runs_each_trial_as_a_fit_run_and_best_yaml_reproduces_the_best(shared_tiny_data: Path,
+                                                                              tmp_path: Path) -> None:
     sweep = write_sweep(tmp_path, n_trials=2)
     result = run_cli("sweep", "--config", str(sweep), *fit_args(shared_tiny_data), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     study = load(tmp_path)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 2
-    assert sorted(t.user_attrs["run_dir"] for t in study.trials) == [str(tmp_path / f"lightning_logs/version_{i}") for i in range(2)]
+    run_dirs = [str(tmp_path / f"lightning_logs/version_{i}") for i in range(2)]
+    assert sorted(t.user_attrs["run_dir"] for t in study.trials) == run_dirs
     for trial in study.trials:  # an ordinary run each, trained with the trial's own parameters
         run = tmp_path / trial.user_attrs["run_dir"]
         assert (tmp_path / trial.user_attrs["best_checkpoint"]).is_file() and list(run.glob("events.out.tfevents.*"))
@@ -178,7 +230,8 @@ def test_sweep_runs_each_trial_as_a_fit_run_and_best_yaml_reproduces_the_best(sh
     best = yaml.safe_load((tmp_path / "lightning_logs" / "sweeps" / "tiny" / "best.yaml").read_text())
     assert best["trainer"]["logger"]["init_args"]["version"] is None
     command = re.search(r"Reproduce it with: (.+)", result.stdout).group(1)
-    assert shlex.split(command)[1:] == ["-m", "mnist_lightning", "fit", "--config", "lightning_logs/sweeps/tiny/best.yaml"]
+    assert shlex.split(command)[1:] == ["-m", "mnist_lightning", "fit", "--config",
+                                        "lightning_logs/sweeps/tiny/best.yaml"]
     # A real shell and process: the subject is the printed command, pasted as it is.
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     refit = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -201,7 +254,8 @@ def test_sweep_over_the_optimizer_class_and_a_net_argument(shared_tiny_data: Pat
     space = {"model.optimizer": {"type": "categorical", "choices": ["torch.optim.Adam", "torch.optim.SGD"]},
              "model.net.init_args.dropout": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.1}}
     # Sampler seed 2: its two trials draw Adam, then SGD (the sampler is reseeded per trial, so this is fixed).
-    sweep = write_sweep(tmp_path, n_trials=2, search_space=space, sampler={"type": "tpe", "seed": 2})
+    sweep = write_sweep(tmp_path, n_trials=2, search_space=space,
+                        sampler={"class_path": "optuna.samplers.TPESampler", "init_args": {"seed": 2}})
     result = run_cli("sweep", "--config", str(sweep), *fit_args(shared_tiny_data), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     trials = load(tmp_path).trials
@@ -222,7 +276,8 @@ def test_sweep_over_the_optimizer_class_and_a_net_argument(shared_tiny_data: Pat
 
 
 @pytest.mark.slow
-def test_killed_sweep_started_again_finishes_without_counting_a_trial_twice(shared_tiny_data: Path, tmp_path: Path) -> None:
+def test_killed_sweep_started_again_finishes_without_counting_a_trial_twice(shared_tiny_data: Path,
+                                                                            tmp_path: Path) -> None:
     # The same command both times; HoldRun (off in the restart) keeps trial 1 mid-training until the kill.
     args = ["sweep", "--config", str(write_sweep(tmp_path, n_trials=2, search_space=ONE_POINT)),
             *fit_args(shared_tiny_data), "--trainer.callbacks+=test_experiments.HoldRun"]
@@ -258,7 +313,8 @@ def test_killed_sweep_started_again_finishes_without_counting_a_trial_twice(shar
 @pytest.mark.slow
 def test_hopeless_trial_is_stopped_and_recorded_as_pruned(shared_tiny_data: Path, tmp_path: Path) -> None:
     # ThresholdPruner(lower=2): no accuracy reaches 2, so the first report prunes, deterministically.
-    sweep = write_sweep(tmp_path, n_trials=1, search_space=ONE_POINT, pruner={"type": "threshold", "lower": 2.0})
+    sweep = write_sweep(tmp_path, n_trials=1, search_space=ONE_POINT,
+                        pruner={"class_path": "optuna.pruners.ThresholdPruner", "init_args": {"lower": 2.0}})
     result = run_cli("sweep", "--config", str(sweep), *fit_args(shared_tiny_data, epochs=3), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (trial,) = load(tmp_path).trials
@@ -280,12 +336,13 @@ def test_diverged_trial_is_pruned_not_a_sweep_error(shared_tiny_data: Path, tmp_
 
 @pytest.mark.slow
 def test_two_workers_share_one_study(shared_tiny_data: Path, tmp_path: Path) -> None:
-    # Real processes (forked with the project imported): the subject is two workers side by side. AwaitPeer makes each worker's first trial
-    # wait for the other worker's, so both are up before either could finish the study alone.
+    # Real processes (forked with the project imported): the subject is two workers side by side. AwaitPeer
+    # makes each worker's first trial wait for the other worker's, so both are up before either could finish
+    # the study alone.
     peers = tmp_path / "peers"
     peers.mkdir()
-    args = ["sweep", "--config", str(write_sweep(tmp_path, n_trials=3, search_space=ONE_POINT)), *fit_args(shared_tiny_data),
-            "--trainer.callbacks+=test_experiments.AwaitPeer"]
+    args = ["sweep", "--config", str(write_sweep(tmp_path, n_trials=3, search_space=ONE_POINT)),
+            *fit_args(shared_tiny_data), "--trainer.callbacks+=test_experiments.AwaitPeer"]
     env = {**probe_env(), "AWAIT_PEER_DIR": str(peers)}
     workers = [start_forked(*args, cwd=tmp_path, log=tmp_path / f"worker{i}.log", env=env) for i in range(2)]
     for i, worker in enumerate(workers):
@@ -324,7 +381,8 @@ def test_seeds_fits_and_tests_each_seed_and_prints_mean_and_std(shared_tiny_data
     assert result.returncode == 0, result.stderr[-3000:]
     rows = re.findall(r"^(\d)\s+best-val\s+(\d+\.\d\d)\s+(\d+\.\d\d)\s+[\d.]+\s+(lightning_logs/version_\d)$",
                       result.stdout, re.M)
-    assert [r[0] for r in rows] == ["0", "1"] and [r[3] for r in rows] == ["lightning_logs/version_0", "lightning_logs/version_1"]
+    assert ([r[0] for r in rows] == ["0", "1"]
+            and [r[3] for r in rows] == ["lightning_logs/version_0", "lightning_logs/version_1"])
     val_accs, test_accs, weights = [], [], []
     for seed, val_acc, test_acc, run in rows:
         assert yaml.safe_load((tmp_path / run / "config.yaml").read_text())["seed_everything"] == int(seed)
@@ -332,8 +390,9 @@ def test_seeds_fits_and_tests_each_seed_and_prints_mean_and_std(shared_tiny_data
         (best,) = (tmp_path / run / "checkpoints").glob("epoch*-val_acc*.ckpt")
         best_val = float(re.search(r"val_acc([\d.]+)\.ckpt$", best.name).group(1))
         assert val_acc == f"{100 * best_val:.2f}", (best.name, val_acc)
-        test = run_cli("test", "--ckpt_path", str(best), "--data.data_dir", str(shared_tiny_data), "--data.verify", "false",
-                       "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", cwd=tmp_path)
+        test = run_cli("test", "--ckpt_path", str(best), "--data.data_dir", str(shared_tiny_data),
+                       "--data.verify", "false", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+                       cwd=tmp_path)
         assert test.returncode == 0, test.stderr[-3000:]
         correct, total = got_line(test.stdout)
         assert total == 200 and test_acc == f"{100 * correct / total:.2f}", (test.stdout[-1000:], test_acc)

@@ -15,10 +15,11 @@ import torch
 from conftest import PROJECT_ROOT, TINY_ARGS, TrainedRun, run_cli
 
 from mnist_lightning import atomic, export
-from mnist_lightning.data import MNISTDataModule
-from mnist_lightning.fast import FastMNISTClassifier
-from mnist_lightning.model import MLP, MNISTClassifier
-from mnist_lightning.resume import load_checkpoint_file
+from mnist_lightning.checkpoints.files import load_checkpoint_file
+from mnist_lightning.data.datamodule import MNISTDataModule
+from mnist_lightning.models.classifier import MNISTClassifier
+from mnist_lightning.models.fast import FastMNISTClassifier
+from mnist_lightning.models.mlp import MLP
 
 TOLERANCE = 1e-5
 CNN_MODULE = "export_test_cnn"  # a user's own net: a module outside the package, found on PYTHONPATH
@@ -87,9 +88,10 @@ def reference(trained) -> tuple[torch.Tensor, torch.Tensor]:
     data, ckpt = trained
     checkpoint = load_checkpoint_file(ckpt)
     saved_net = checkpoint["hyper_parameters"]["net"]
-    assert saved_net["class_path"] == "mnist_lightning.model.MLP", saved_net
+    assert saved_net["class_path"] == "mnist_lightning.models.MLP", saved_net
     net = MLP(**saved_net["init_args"])
-    net.load_state_dict({k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")})
+    net.load_state_dict({k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items()
+                         if k.startswith("net.")})
     images = _test_images(data, normalize=True)
     with torch.no_grad():
         return images, net.eval()(images)
@@ -176,7 +178,8 @@ def test_export_onto_its_own_checkpoint_is_refused_and_it_stays_unchanged(traine
     before = model.read_bytes()
     # From the command line: the default output name, and a link to the checkpoint.
     _one_line_error(_export(tmp_path, "--ckpt_path", "model.pt", "--format", "torchscript"),
-                    "the default output model.pt (the checkpoint's name with .pt) is the checkpoint", "pass another --output")
+                    "the default output model.pt (the checkpoint's name with .pt) is the checkpoint",
+                    "pass another --output")
     _one_line_error(_export(tmp_path, "--ckpt_path", "model.pt", "--format", "onnx", "--output", "link.onnx"),
                     "--output link.onnx is the checkpoint model.pt itself", "pass another --output")
     # The same path spelled differently, in process.
@@ -228,6 +231,34 @@ def test_a_failing_write_leaves_the_previous_export_intact(trained_run: TrainedR
     _torchscript(target)  # still a loadable model
 
 
+def test_export_never_overwrites_a_checkpoint_or_a_record_of_the_run(trained_run_copy: TrainedRun,
+                                                                    tmp_path: Path) -> None:
+    """--output onto the run's other checkpoint, a checkpoint under another name, or a file the run keeps its
+    record in: refused before anything is written, every file as it was. A previous export is replaced."""
+    run, last = trained_run_copy.run_dir, trained_run_copy.last
+    (run / "metrics.csv").write_text("epoch,step,val/acc\n0,8,0.5\n")  # as a CSV-logger run keeps it
+    torch.save(load_checkpoint_file(last)["state_dict"], tmp_path / "weights.pt")
+    (tmp_path / "best.onnx").symlink_to(trained_run_copy.best)
+    owned = {trained_run_copy.best: "is a checkpoint", tmp_path / "weights.pt": "is a checkpoint",
+             tmp_path / "best.onnx": "is a checkpoint", run / "config.yaml": "is a run's config.yaml",
+             run / "hparams.yaml": "is a run's hparams.yaml", run / "metrics.csv": "is a run's metrics.csv",
+             next(run.glob("events.out.tfevents.*")): "is a run's TensorBoard event file"}
+    before = {path: path.read_bytes() for path in owned}
+    for path, what in owned.items():
+        result = _export(tmp_path, "--ckpt_path", str(last), "--format", "onnx", "--output", str(path))
+        _one_line_error(result, f"--output {path} {what}", "nothing was written",
+                        "pass another --output, e.g. --output")
+    assert {path: path.read_bytes() for path in owned} == before
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or p.suffix == ".onnx" and not p.is_symlink()]
+    # A previous export of the same format, and the default output beside the checkpoint, are replaced.
+    for _ in range(2):
+        assert _export(tmp_path, "--ckpt_path", str(last), "--format", "torchscript",
+                       "--output", "m.pt").returncode == 0
+        assert _export(tmp_path, "--ckpt_path", str(last), "--format", "torchscript").returncode == 0
+    _torchscript(tmp_path / "m.pt")
+    _torchscript(last.with_suffix(".pt"))
+
+
 # ------------------------------------------------------------------------------- any module class, any net
 @pytest.fixture(scope="module")
 def fast_checkpoint(tmp_path_factory, shared_tiny_data: Path) -> Path:
@@ -242,7 +273,7 @@ def test_a_fast_classifier_checkpoint_exports_like_the_idiomatic_one(fast_checkp
     the idiomatic class's does; the export loads it as the class that wrote it (export.checkpoint_class), and so
     does `FastMNISTClassifier.load_from_checkpoint`."""
     assert load_checkpoint_file(fast_checkpoint)["hyper_parameters"]["_class_path"] == (
-        "mnist_lightning.fast.FastMNISTClassifier")
+        "mnist_lightning.models.FastMNISTClassifier")
     output = tmp_path / f"fast{export.SUFFIXES[fmt]}"
     result = _export(tmp_path, "--ckpt_path", str(fast_checkpoint), "--format", fmt, "--output", str(output))
     assert result.returncode == 0, result.stderr
@@ -296,3 +327,87 @@ def test_a_net_of_your_own_exports_and_matches_the_checkpoint(cnn_checkpoint: Pa
     images = _test_images(shared_tiny_data)[:37]
     with torch.no_grad():
         assert torch.allclose(run(images), model(images), atol=TOLERANCE, rtol=0)
+
+
+def test_a_net_whose_module_is_not_on_the_path_is_one_line(cnn_checkpoint: Path, tmp_path: Path) -> None:
+    """The checkpoint names the user's net; without its module on PYTHONPATH the export says which module to put
+    there, and writes nothing."""
+    result = _export(tmp_path, "--ckpt_path", str(cnn_checkpoint), "--format", "onnx", "--output", "cnn.onnx")
+    _one_line_error(result, f"its net {CNN_MODULE}.SmallCNN", f"No module named '{CNN_MODULE}'",
+                    f"put the folder holding {CNN_MODULE}.py on PYTHONPATH")
+    assert not (tmp_path / "cnn.onnx").exists()
+
+
+# ------------------------------------------------------------------------------- nets ONNX cannot take
+HOSTILE_MODULE = "export_test_hostile_nets"
+HOSTILE_SOURCE = '''
+"""Nets that train and predict, but that ONNX export cannot take as they are written."""
+import torch
+from torch import nn
+
+
+class Linear(nn.Module):
+    def __init__(self, num_classes: int = 10, width: int = 8):
+        super().__init__()
+        self.fc = nn.Linear(28 * 28, num_classes)
+
+
+class Branching(Linear):
+    """Data-dependent control flow: which branch runs depends on the input's values."""
+    def forward(self, x):
+        if x.mean() > 0.5:
+            return self.fc(x.flatten(1))
+        return -self.fc(x.flatten(1))
+
+
+class FixedBatch(Linear):
+    """The batch size taken as a Python number: the exporter bakes the example's into the model."""
+    def forward(self, x):
+        return self.fc(x.reshape(int(x.shape[0]), 28 * 28))
+
+
+class RunningMax(Linear):
+    """aten.cummax, which has no ONNX function."""
+    def forward(self, x):
+        return self.fc(torch.cummax(x.flatten(1), dim=1).values)
+
+
+class HalfPrecision(Linear):
+    """A bfloat16 multiply: it exports, but onnxruntime's CPU provider has no kernel for it."""
+    def forward(self, x):
+        return self.fc((x.flatten(1).to(torch.bfloat16) * 2).float())
+'''
+HOSTILE_NETS = {
+    "Branching": ("its forward branches on the values of its input", f"{HOSTILE_MODULE}.py:16 `if x.mean() > 0.5:`",
+                  "--format torchscript"),
+    "FixedBatch": ("fixed batch size", "x.flatten(1)", "--format torchscript"),
+    "RunningMax": ("aten.cummax", "has no ONNX equivalent", "--format torchscript"),
+    "HalfPrecision": ("onnxruntime cannot run the exported model", "Mul", "--format torchscript"),
+}
+
+
+@pytest.fixture(scope="module")
+def hostile_nets(tmp_path_factory, shared_tiny_data: Path) -> tuple[Path, dict[str, Path]]:
+    """(the module's folder, each net's checkpoint): two training batches each, through the CLI."""
+    folder = tmp_path_factory.mktemp("hostile_nets")
+    (folder / f"{HOSTILE_MODULE}.py").write_text(HOSTILE_SOURCE)
+    return folder, {net: _fit(tmp_path_factory.mktemp(net), shared_tiny_data, "--model.net", f"{HOSTILE_MODULE}.{net}",
+                              "--trainer.limit_train_batches", "2", env={"PYTHONPATH": str(folder)})
+                    for net in HOSTILE_NETS}
+
+
+@pytest.mark.parametrize("net", list(HOSTILE_NETS))
+def test_a_net_onnx_cannot_take_is_one_line_naming_the_fix(hostile_nets, tmp_path: Path, net: str) -> None:
+    """Data-dependent control flow, a batch size baked into a reshape, an op without ONNX function, a model
+    onnxruntime cannot run: one line naming the problem and the fix, no file; and the fix it names works."""
+    if net == "HalfPrecision":
+        pytest.importorskip("onnxruntime", reason="the check that finds it runs the model in onnxruntime")
+    folder, checkpoints = hostile_nets
+    env = {"PYTHONPATH": str(folder)}
+    result = _export(tmp_path, "--ckpt_path", str(checkpoints[net]), "--format", "onnx", "--output", "out/model.onnx",
+                     env=env)
+    _one_line_error(result, *HOSTILE_NETS[net], "nothing was written")
+    assert not list(tmp_path.iterdir())  # no partial file, no temporary one, not even the folder
+    fixed = _export(tmp_path, "--ckpt_path", str(checkpoints[net]), "--format", "torchscript", "--output", "model.pt",
+                    env=env)
+    assert fixed.returncode == 0 and "logits match the checkpoint's" in fixed.stdout, fixed.stderr

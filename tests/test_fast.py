@@ -16,10 +16,10 @@ from conftest import PROJECT_ROOT, TINY_ARGS, run_cli
 from torch import nn
 
 from mnist_lightning import MLP, MNISTClassifier, MNISTDataModule
+from mnist_lightning.checkpoints.files import SafeCheckpointIO
 from mnist_lightning.errors import UserInputError
-from mnist_lightning.fast import FastMNISTClassifier
-from mnist_lightning.resume import SafeCheckpointIO
-from mnist_lightning.schedules import Cosine, OneCycle
+from mnist_lightning.models.fast import FastMNISTClassifier
+from mnist_lightning.models.schedules import Cosine, OneCycle
 
 FAST_CONFIG = str(PROJECT_ROOT / "configs" / "fast.yaml")
 
@@ -45,7 +45,8 @@ SETUPS: dict[str, Callable[[], dict[str, Any]]] = {
                                    optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=1e-3)),
     "mlp_sgd_steplr_per_step": lambda: dict(net=MLP([32], batch_norm=True), lr_scheduler_interval="step",
                                             optimizer=partial(torch.optim.SGD, lr=0.1),
-                                            lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=5, gamma=0.7)),
+                                            lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=5,
+                                                                 gamma=0.7)),
 }
 
 
@@ -79,7 +80,8 @@ def test_the_fast_class_ends_with_the_idiomatic_class_weights_bit_for_bit(setup,
             assert torch.equal(value, fast[name]), (k, name)
         for metric in ("train/acc", "val/acc", "val/loss"):
             assert trainer.callback_metrics[metric] == trainer_idiomatic.callback_metrics[metric], (k, metric)
-        assert trainer.callback_metrics["train/loss"] == pytest.approx(float(trainer_idiomatic.callback_metrics["train/loss"]))
+        assert trainer.callback_metrics["train/loss"] == pytest.approx(
+            float(trainer_idiomatic.callback_metrics["train/loss"]))
         lr, reference_lr = (t.optimizers[0].param_groups[0]["lr"] for t in (trainer, trainer_idiomatic))
         assert lr == reference_lr, (k, "the schedule took another number of steps")
 
@@ -92,7 +94,7 @@ def test_limits_and_max_steps_count_batches_not_calls(shared_tiny_data, tmp_path
 
 
 def test_validation_inside_an_epoch_is_refused_naming_the_idiomatic_class(shared_tiny_data, tmp_path):
-    with pytest.raises(UserInputError, match="mnist_lightning.model.MNISTClassifier"):
+    with pytest.raises(UserInputError, match="mnist_lightning.models.MNISTClassifier"):
         _fit(shared_tiny_data, tmp_path, 4, val_check_interval=0.5)
 
 
@@ -103,7 +105,7 @@ def test_a_scheduler_stepped_per_epoch_is_refused_naming_the_idiomatic_class(sha
     model = FastMNISTClassifier(4, lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1))
     trainer = pl.Trainer(default_root_dir=tmp_path, accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False, max_epochs=1)
-    with pytest.raises(UserInputError, match="stepped per epoch.*mnist_lightning.model.MNISTClassifier"):
+    with pytest.raises(UserInputError, match="stepped per epoch.*mnist_lightning.models.MNISTClassifier"):
         trainer.fit(model, dm)
     assert trainer.global_step == 0  # refused before any step
 
@@ -113,13 +115,16 @@ def test_flags_of_automatic_optimisation_are_refused_naming_the_idiomatic_class(
     result = run_cli("fit", "--config", FAST_CONFIG, "--data.data_dir", str(shared_tiny_data), *TINY_ARGS, *flag,
                      cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "mnist_lightning.model.MNISTClassifier" in result.stderr and flag[0].removeprefix("--") in result.stderr
+    assert "mnist_lightning.models.MNISTClassifier" in result.stderr and flag[0].removeprefix("--") in result.stderr
 
 
-def test_steps_per_call_must_be_a_positive_integer():
-    for bad in (0, -2):
-        with pytest.raises(UserInputError, match="model.steps_per_call"):
-            FastMNISTClassifier(steps_per_call=bad)
+def test_steps_per_call_must_be_a_positive_integer(tmp_path):
+    """Its type (PositiveInt) bounds it: the CLI refuses 0 and -2 in one line naming the setting."""
+    for bad in ("0", "-2"):
+        result = run_cli("fit", "--config", FAST_CONFIG, "--model.init_args.steps_per_call", bad, "--print_config",
+                         cwd=tmp_path)
+        assert result.returncode == 2 and "steps_per_call" in result.stderr, result.stderr[-2000:]
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr[-2000:]
 
 
 def test_the_fast_preset_selects_the_fast_class_and_prints_no_experimental_warning(shared_tiny_data, tmp_path):
@@ -127,5 +132,5 @@ def test_the_fast_preset_selects_the_fast_class_and_prints_no_experimental_warni
                      "--trainer.max_epochs", "1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     config = (tmp_path / "lightning_logs" / "version_0" / "config.yaml").read_text()
-    assert "mnist_lightning.fast.FastMNISTClassifier" in config and "steps_per_call: 50" in config
+    assert "mnist_lightning.models.FastMNISTClassifier" in config and "steps_per_call: 50" in config
     assert "dataloader_iter" not in result.stderr

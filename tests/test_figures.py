@@ -17,18 +17,18 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from mnist_lightning.data import MNISTDataModule
-from mnist_lightning.figures import (
+from mnist_lightning.callbacks.drawing import (
     Layout,
-    ValidationFigures,
     confusion_figure,
     confusion_layout,
     grid_layout,
     image_grid,
     render,
 )
-from mnist_lightning.idx import DATASETS
-from mnist_lightning.model import MNISTClassifier
+from mnist_lightning.callbacks.figures import ValidationFigures
+from mnist_lightning.data.datamodule import MNISTDataModule
+from mnist_lightning.data.idx import DATASETS
+from mnist_lightning.models.classifier import MNISTClassifier
 
 EPOCHS = 2
 LR = 0.002

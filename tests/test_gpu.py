@@ -41,11 +41,12 @@ from conftest import (
 from pytorch_lightning.callbacks import Callback
 from torch import nn
 
-from mnist_lightning.data import MNISTDataModule
-from mnist_lightning.resume import load_checkpoint_file
+from mnist_lightning.checkpoints.files import load_checkpoint_file
+from mnist_lightning.data.datamodule import MNISTDataModule
 
 GPU_CONFIG = str(PROJECT_ROOT / "configs" / "gpu.yaml")
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: torch.cuda.is_available() is False")
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                   reason="needs a CUDA GPU: torch.cuda.is_available() is False")
 
 
 class AutocastProbe(Callback):
@@ -76,8 +77,9 @@ class AutocastProbe(Callback):
 def fit_with_precision(data_dir: Path, workdir: Path, precision: str, *first: str) -> tuple[CliResult, list[str]]:
     """`fit` in this process with `first` (configs, accelerator) before the precision, which wins."""
     dtypes_file = workdir / "dtypes.json"
-    result = run_cli("fit", *first, "--data.data_dir", str(data_dir), *TINY_ARGS, "--torch_threads", "1", "--trainer.max_epochs", "2",
-                     "--trainer.precision", precision, "--trainer.callbacks+=test_gpu.AutocastProbe",
+    result = run_cli("fit", *first, "--data.data_dir", str(data_dir), *TINY_ARGS, "--torch_threads", "1",
+                     "--trainer.max_epochs", "2", "--trainer.precision", precision,
+                     "--trainer.callbacks+=test_gpu.AutocastProbe",
                      "--trainer.callbacks.out_file", str(dtypes_file), cwd=workdir)
     assert result.returncode == 0, result.stderr[-5000:]
     return result, json.loads(dtypes_file.read_text())
@@ -147,7 +149,8 @@ def test_in_memory_dataset_moves_to_the_gpu_once(tiny_data: Path) -> None:
 @pytest.mark.gpu
 @requires_cuda
 @pytest.mark.parametrize(("precision", "dtype"), [("16-mixed", torch.float16), ("bf16-mixed", torch.bfloat16)])
-def test_fit_on_the_gpu_with_mixed_precision(precision: str, dtype: torch.dtype, tiny_data: Path, tmp_path: Path) -> None:
+def test_fit_on_the_gpu_with_mixed_precision(precision: str, dtype: torch.dtype, tiny_data: Path,
+                                             tmp_path: Path) -> None:
     if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16 support")
     result, dtypes = fit_with_precision(tiny_data, tmp_path, precision, "--config", GPU_CONFIG)
@@ -160,8 +163,9 @@ def test_fit_on_the_gpu_with_mixed_precision(precision: str, dtype: torch.dtype,
 def test_ddp_on_two_gpus_shards_the_in_memory_data(tiny_data: Path, tmp_path: Path) -> None:
     probes = tmp_path / "probes"
     # A real process (Lightning's launcher starts the command again per GPU), on a port of its own.
-    result = run_process("fit", "--config", GPU_CONFIG, "--data.data_dir", str(tiny_data), *TINY_ARGS, "--trainer.max_epochs", "1",
-                         "--trainer.devices", "2", "--trainer.strategy", "ddp", *probe_args(probes),
+    result = run_process("fit", "--config", GPU_CONFIG, "--data.data_dir", str(tiny_data), *TINY_ARGS,
+                         "--trainer.max_epochs", "1", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                         *probe_args(probes),
                          cwd=tmp_path, env={**probe_env(), "MASTER_PORT": str(free_port())}, timeout=300)
     assert result.returncode == 0, result.stderr[-5000:]
     keys = image_keys(tiny_data, val_size=100)

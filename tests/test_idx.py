@@ -19,9 +19,9 @@ import pytest
 import torch
 from conftest import IDX_NAMES, REAL_DATA_DIR, TINY_ARGS, run_cli, write_idx_dataset
 
-from mnist_lightning import idx
+from mnist_lightning.data import idx
+from mnist_lightning.data.idx import DATASETS, DatasetSpec, find_file, load_split, missing_files_message, read_idx
 from mnist_lightning.errors import DataFileError
-from mnist_lightning.idx import DATASETS, DatasetSpec, find_file, load_split, missing_files_message, read_idx
 
 RAW_FOLDERS = {"mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw", "kmnist": "KMNIST/raw"}
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import torch
-from conftest import run_cli
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from mnist_lightning import MNISTClassifier
-from mnist_lightning.metrics import TrainingMeans
+from mnist_lightning.models.metrics import TrainingMeans
 
 
 def batches(seed: int, count: int, size: int = 64) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -49,31 +47,3 @@ def test_several_batches_in_one_update_count_as_several_batches():
     loss, acc = together.compute()
     assert torch.equal(loss, mean.compute()) and torch.equal(acc, accuracy.compute())
     assert together.batches == 50
-
-
-def old_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A state dict as saved before TrainingMeans: MeanMetric and MulticlassAccuracy (micro) states."""
-    old = {k: v for k, v in state_dict.items() if not k.startswith("train_metrics.")}
-    old["train_loss.mean_value"] = torch.tensor(12.5)
-    old["train_loss.weight"] = torch.tensor(5.0)
-    old["train_acc.tp"] = torch.tensor([250])
-    old["train_acc.fp"] = torch.tensor([70])
-    old["train_acc.tn"] = torch.tensor([2810])
-    old["train_acc.fn"] = torch.tensor([70])
-    return old
-
-
-def test_a_checkpoint_saved_before_training_means_loads_tests_and_resumes(trained_run, tmp_path):
-    checkpoint = torch.load(trained_run.last, weights_only=True)
-    checkpoint["state_dict"] = old_layout(checkpoint["state_dict"])
-    old = tmp_path / "old.ckpt"
-    torch.save(checkpoint, old)
-
-    model = MNISTClassifier.load_from_checkpoint(old)
-    assert float(model.train_metrics.loss_sum) == 12.5 and float(model.train_metrics.batches) == 5
-    assert int(model.train_metrics.correct) == 250 and int(model.train_metrics.seen) == 320
-    for command in ("test", "fit"):  # `fit --ckpt_path` resumes it (one more epoch), `test` evaluates it
-        extra = ("--trainer.max_epochs", "3") if command == "fit" else ()
-        result = run_cli(command, "--config", str(trained_run.run_dir / "config.yaml"), "--ckpt_path", str(old),
-                         "--data.data_dir", str(trained_run.data_dir), *extra, cwd=tmp_path)
-        assert result.returncode == 0, result.stderr[-3000:]

@@ -13,8 +13,8 @@ import pytest
 import torch
 from conftest import TINY_ARGS, run_cli
 
-from mnist_lightning import precision_check
-from mnist_lightning.precision_check import cpu_has_native_bf16, emulated_bf16_message
+from mnist_lightning.callbacks import precision_check
+from mnist_lightning.callbacks.precision_check import cpu_has_native_bf16, emulated_bf16_message
 
 
 def _said(caught: list[warnings.WarningMessage]) -> list[str]:

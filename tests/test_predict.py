@@ -17,14 +17,14 @@ from conftest import TINY_ARGS, TrainedRun, TutorialRun, run_cli
 from PIL import Image, ImageDraw
 
 from mnist_lightning import atomic
-from mnist_lightning.data import MNISTDataModule
-from mnist_lightning.digits import InMemoryDigits
+from mnist_lightning.callbacks.predictions import PredictionTable
+from mnist_lightning.checkpoints.files import load_checkpoint_file
+from mnist_lightning.data.datamodule import MNISTDataModule
+from mnist_lightning.data.digits import InMemoryDigits
+from mnist_lightning.data.idx import DATASETS, load_split
+from mnist_lightning.data.images import ImageFolderDigits, UnusableImage, display_name, read_image, to_mnist
 from mnist_lightning.errors import UserInputError
-from mnist_lightning.idx import DATASETS, load_split
-from mnist_lightning.images import ImageFolderDigits, UnusableImage, display_name, read_image, to_mnist
-from mnist_lightning.model import MNISTClassifier
-from mnist_lightning.predict import PredictionTable
-from mnist_lightning.resume import load_checkpoint_file
+from mnist_lightning.models.classifier import MNISTClassifier
 
 CSV_HEADER = ["file", "prediction", "probability"]
 
@@ -220,7 +220,7 @@ def test_an_oversized_image_is_refused_from_its_header_before_decoding(tmp_path:
     """A 13000 x 13000 PNG is 0.8 MB on disk and 169 MB or more once decoded: refused, saying why."""
     png_header_only(tmp_path / "huge.png", 13000, 13000)
     with pytest.raises(UnusableImage, match=r"too large: 13000x13000 pixels \(169 megapixels\) is above the "
-                                            r"40-megapixel limit of predict; scale it down first"):
+                                            r"40-megapixel limit; scale it down first"):
         read_image(tmp_path / "huge.png")  # had it been decoded, the missing data would say "truncated"
     png_header_only(tmp_path / "fine.png", 100, 100)
     with pytest.raises(UnusableImage, match="truncated"):
@@ -423,6 +423,49 @@ def test_predict_reads_what_people_have_and_skips_what_it_cannot(trained_run: Tr
     assert f"predicted 5 of 7 files in {folder} and its 1 subfolder usable" in result.stderr
     rows = _csv(tmp_path / "p.csv")  # valid UTF-8, the same names as the table
     assert rows[0] == CSV_HEADER and [r[0] for r in rows[1:]] == [row[0] for row in table]
+
+
+def test_a_name_with_a_newline_or_a_terminal_escape_stays_on_its_row(trained_run: TrainedRun, tmp_path: Path) -> None:
+    """The console shows such a name escaped (`\\n`, `\\x1b`), one row per file; the CSV keeps the true name."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    names = ["a_seven.png", "b_seven\nc_fake.png", "d\tseven\x1b[31m.png"]
+    for name in names:
+        seven().save(folder / name, format="PNG")
+    (folder / "e_notes\nf_fake.png").write_text("not an image at all\n")
+    result = _predict(tmp_path, trained_run, "--data.predict_path", str(folder), "--predictions_csv", "p.csv")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split() == ["file", "prediction", "probability"])
+    rows = [line.split() for line in lines[header + 1 : header + 1 + len(names)]]
+    assert [row[0] for row in rows] == [f"{folder}/a_seven.png", f"{folder}/b_seven\\nc_fake.png",
+                                        f"{folder}/d\\tseven\\x1b[31m.png"]
+    assert all(len(row) == 3 for row in rows) and "\x1b" not in result.stdout + result.stderr
+    assert f"skipped {folder}/e_notes\\nf_fake.png: not an image" in result.stderr
+    assert [r[0] for r in _csv(tmp_path / "p.csv")[1:]] == [str(folder / name) for name in names]
+
+
+def test_the_csv_never_overwrites_a_checkpoint_or_a_record_of_the_run(trained_run_copy: TrainedRun,
+                                                                      tmp_path: Path) -> None:
+    """--predictions_csv onto the checkpoint predict reads, the run's other checkpoint or a file the run keeps
+    its record in: refused before predicting, every file as it was. A previous predictions CSV is replaced."""
+    run, last = trained_run_copy.run_dir, trained_run_copy.last
+    owned = {last: "is the checkpoint this command reads", trained_run_copy.best: "is a checkpoint",
+             run / "config.yaml": "is a run's config.yaml", run / "hparams.yaml": "is a run's hparams.yaml",
+             next(run.glob("events.out.tfevents.*")): "is a run's TensorBoard event file"}
+    before = {path: path.read_bytes() for path in owned}
+    for path, what in owned.items():
+        result = _predict(tmp_path, trained_run_copy, "--predictions_csv", str(path))
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr and "test index" not in result.stdout  # nothing predicted
+        line = result.stderr.strip().splitlines()[-1]
+        assert line.startswith(f"error: --predictions_csv {path} {what}"), line
+        assert "nothing was written; pass another --predictions_csv, e.g. --predictions_csv" in line, line
+    assert {path: path.read_bytes() for path in owned} == before
+    assert not [p for p in tmp_path.rglob("*.tmp")]
+    for _ in range(2):  # a previous predictions CSV is replaced
+        assert _predict(tmp_path, trained_run_copy, "--predictions_csv", "p.csv").returncode == 0
+    assert len(_csv(tmp_path / "p.csv")) == 201
 
 
 @pytest.mark.slow

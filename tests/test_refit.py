@@ -28,7 +28,8 @@ def test_a_refit_trains_on_every_image_runs_no_validation_and_keeps_last_ckpt(sh
     fit = run_cli("fit", "--data.data_dir", str(shared_tiny_data), *args, "--config", EARLY_STOPPING, "--config", REFIT,
                   "--trainer.max_epochs", "2", "--torch_threads", "1", *probe_args(probes), cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr[-3000:]
-    assert ("data.val_size 0: no validation runs, so ModelCheckpoint(monitor='val/acc'), EarlyStopping(monitor='val/acc') "
+    assert ("data.val_size 0: no validation runs, so ModelCheckpoint(monitor='val/acc'), "
+            "EarlyStopping(monitor='val/acc') "
             "step aside; the model is the last epoch's checkpoint, last.ckpt.") in fit.stdout
 
     (seen,) = read_probes(probes, "fit", 1)
@@ -55,7 +56,8 @@ def test_a_refit_trains_on_every_image_runs_no_validation_and_keeps_last_ckpt(sh
     assert re.search(r"^Got \d+ / 200 with accuracy", pasted.stdout, re.M), pasted.stdout[-1000:]
 
 
-def test_validate_on_a_refit_checkpoint_says_there_is_nothing_to_validate(shared_tiny_data: Path, tmp_path: Path) -> None:
+def test_validate_on_a_refit_checkpoint_says_there_is_nothing_to_validate(shared_tiny_data: Path,
+                                                                          tmp_path: Path) -> None:
     args = [a for a in TINY_ARGS if a not in ("--data.val_size", "100")]
     fit = run_cli("fit", "--data.data_dir", str(shared_tiny_data), *args, "--data.val_size", "0",
                   "--trainer.max_epochs", "1", "--torch_threads", "1", cwd=tmp_path)
@@ -66,3 +68,17 @@ def test_validate_on_a_refit_checkpoint_says_there_is_nothing_to_validate(shared
     assert result.returncode == 2
     assert "data.val_size is 0: this run holds out no validation images" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_schedule_that_steps_on_validation_is_refused_before_a_refit_trains(shared_tiny_data: Path,
+                                                                               tmp_path: Path) -> None:
+    """ReduceLROnPlateau watches val/loss, which a refit never logs: refused before the first step (Lightning's
+    own error comes only after a whole epoch), and no run folder is left."""
+    args = [a for a in TINY_ARGS if a not in ("--data.val_size", "100")]
+    result = run_cli("fit", "--data.data_dir", str(shared_tiny_data), *args, "--config", REFIT,
+                     "--model.lr_scheduler", "torch.optim.lr_scheduler.ReduceLROnPlateau", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: model.lr_scheduler ReduceLROnPlateau steps on val/loss"), last
+    assert "data.val_size 0 runs no validation" in last
+    assert not list(tmp_path.glob("lightning_logs/*/checkpoints/*.ckpt"))

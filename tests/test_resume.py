@@ -50,7 +50,7 @@ class SmallCNN(nn.Module):
 '''
 # The user's net with a schedule that spans the run (its length is the run's steps).
 CNN_ARGS = (*TINY_ARGS, "--trainer.max_epochs", "2", "--model.net", "my_nets.SmallCNN",
-            "--model.lr_scheduler", "mnist_lightning.schedules.OneCycle", "--torch_threads", "1")
+            "--model.lr_scheduler", "mnist_lightning.models.OneCycle", "--torch_threads", "1")
 
 
 # The data and the uninterrupted references are built once for the whole run (`built_once`), whichever
@@ -152,7 +152,8 @@ def assert_bit_identical(run_dir: Path, reference_dir: Path, fast: bool = False)
 def test_signal_mid_epoch_saves_position_and_resumes_bit_identical(signal_name, batch, trained, fast, elsewhere,
                                                                    data_dir, uninterrupted, tmp_path):
     """Interrupted and resumed, the idiomatic and the fast class both end with the uninterrupted run's weights."""
-    speed = ("--config", str(TESTS_DIR.parent / "configs" / "fast.yaml"), "--model.steps_per_call", "10") if fast else ()
+    speed = (("--config", str(TESTS_DIR.parent / "configs" / "fast.yaml"), "--model.steps_per_call", "10") if fast
+             else ())
     first = _fit_interrupted(tmp_path, "--data.data_dir", str(data_dir), *RUN_ARGS, *speed,
                          *_inject(signal_name, epoch=1, batch=batch))
     assert first.returncode == 128 + getattr(signal, signal_name), first.stderr
@@ -178,7 +179,8 @@ def test_signal_mid_epoch_saves_position_and_resumes_bit_identical(signal_name, 
 
 @pytest.mark.slow
 def test_sigkill_then_resume_from_last_epoch_end_is_bit_identical(data_dir, uninterrupted, tmp_path):
-    killed = _fit_interrupted(tmp_path, "--data.data_dir", str(data_dir), *RUN_ARGS, *_inject("SIGKILL", epoch=2, batch=4))
+    killed = _fit_interrupted(tmp_path, "--data.data_dir", str(data_dir), *RUN_ARGS,
+                              *_inject("SIGKILL", epoch=2, batch=4))
     assert killed.returncode == -signal.SIGKILL
     run_dir = tmp_path / "lightning_logs" / "version_0"
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1  # end of epoch 1 survived
@@ -189,13 +191,14 @@ def test_sigkill_then_resume_from_last_epoch_end_is_bit_identical(data_dir, unin
 
 
 # Training-batch augmentation on (mnist_lightning/augment.py), over the dropout run: 2 epochs of 15 batches.
-AUGMENT_ARGS = (*RUN_ARGS, "--trainer.max_epochs", "2", "--data.augment", "mnist_lightning.augment.ElasticJitter")
+AUGMENT_ARGS = (*RUN_ARGS, "--trainer.max_epochs", "2", "--data.augment", "mnist_lightning.data.ElasticJitter")
 
 
 @pytest.fixture(scope="session")
 def augmented_uninterrupted(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reference of the augmentation tests: augmented from start to end (READ-ONLY)."""
-    return _reference_run(tmp_path_factory, "resume-augmented-reference", ("--data.data_dir", str(data_dir), *AUGMENT_ARGS))
+    return _reference_run(tmp_path_factory, "resume-augmented-reference",
+                          ("--data.data_dir", str(data_dir), *AUGMENT_ARGS))
 
 
 @pytest.mark.slow
@@ -224,8 +227,8 @@ def test_a_users_own_net_sigkilled_mid_epoch_resumes_bit_identical(data_dir, net
     """`--model.net my_nets.SmallCNN` from a folder of the user's, with a run-long OneCycle schedule:
     killed in the middle of its last epoch, resumed from the saved config alone, it ends with the
     uninterrupted run's weights and buffers, bit for bit."""
-    killed = _fit_interrupted(tmp_path, "--data.data_dir", str(data_dir), *CNN_ARGS, *_inject("SIGKILL", epoch=1, batch=6),
-                          nets=nets_dir)
+    killed = _fit_interrupted(tmp_path, "--data.data_dir", str(data_dir), *CNN_ARGS,
+                              *_inject("SIGKILL", epoch=1, batch=6), nets=nets_dir)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     run_dir = tmp_path / "lightning_logs" / "version_0"
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
@@ -243,7 +246,8 @@ def test_a_users_net_is_rebuilt_from_its_checkpoint_alone(cnn_uninterrupted, net
     path and init args, with the trained weights: nothing to retype."""
     monkeypatch.syspath_prepend(str(nets_dir))
     try:
-        loaded = MNISTClassifier.load_from_checkpoint(cnn_uninterrupted / "checkpoints" / "last.ckpt", weights_only=True)
+        loaded = MNISTClassifier.load_from_checkpoint(cnn_uninterrupted / "checkpoints" / "last.ckpt",
+                                                      weights_only=True)
     finally:
         sys.modules.pop("my_nets", None)  # imported for this test only
     assert type(loaded.net).__module__ == "my_nets" and type(loaded.net).__name__ == "SmallCNN"
@@ -288,7 +292,8 @@ def test_ckpt_path_last_with_nothing_to_resume_is_an_error_that_says_where_it_lo
     result = run_cli("fit", "--data.data_dir", str(shared_tiny_data), *TINY_ARGS, "--ckpt_path", "last",
                      "--trainer.logger.init_args.version", "7", cwd=tmp_path)
     assert result.returncode == 2
-    assert "nothing to resume" in result.stderr and str(Path("lightning_logs") / "version_7" / "checkpoints") in result.stderr
+    assert ("nothing to resume" in result.stderr
+            and str(Path("lightning_logs") / "version_7" / "checkpoints") in result.stderr)
     assert "Traceback" not in result.stderr
 
 

@@ -26,7 +26,9 @@ TESTS_DIR = Path(__file__).resolve().parent
 
 
 def _fit(cwd: Path, data: Path, *extra: str, epochs: int = 2) -> CliResult:
-    result = run_cli("fit", "--data.data_dir", str(data), *TINY_ARGS, "--trainer.max_epochs", str(epochs), *extra, cwd=cwd)
+    result = run_cli(
+        "fit", "--data.data_dir", str(data), *TINY_ARGS, "--trainer.max_epochs", str(epochs), *extra, cwd=cwd
+    )
     assert result.returncode == 0, result.stderr
     return result
 
@@ -45,7 +47,7 @@ def _last(run_dir: Path) -> Path:
     return run_dir / "checkpoints" / "last.ckpt"
 
 
-# ------------------------------------------------------------------------------ one folder per run (14.2)
+# ------------------------------------------------------------------------------ one folder per run
 # Two `fit` processes started together, in one folder: the default config on a real console, and the best
 # recipe's settings with the opt-in bf16 (configs/bf16.yaml's precision, deskewing). Shared by the race for a
 # run folder (between processes) and the two console tests (warnings reach a real console once each, where in
@@ -68,8 +70,12 @@ class FitsStartedTogether:
     def run_dir(self, name: str) -> Path:
         """The run folder that `name`'s fit claimed (which of the two is the race's outcome)."""
         lr = float(LEARNING_RATE[name])
-        (run_dir,) = [d for d in (self.workdir / "lightning_logs").iterdir()
-                      if yaml.safe_load((d / "config.yaml").read_text())["model"]["init_args"]["optimizer"]["init_args"]["lr"] == lr]
+        (run_dir,) = [
+            d
+            for d in (self.workdir / "lightning_logs").iterdir()
+            if yaml.safe_load((d / "config.yaml").read_text())["model"]["init_args"]["optimizer"]["init_args"]["lr"]
+            == lr
+        ]
         return run_dir
 
 
@@ -106,7 +112,9 @@ def test_two_runs_started_together_get_two_consistent_folders(fits_started_toget
         checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
         assert len(checkpoints) == 2 and "last.ckpt" in checkpoints  # one best, one last, no temporary files
         saved_lr = torch.load(_last(run_dir), weights_only=True)["hyper_parameters"]["optimizer"]["init_args"]["lr"]
-        assert saved_lr == config["model"]["init_args"]["optimizer"]["init_args"]["lr"]  # this folder's config's checkpoint
+        assert (
+            saved_lr == config["model"]["init_args"]["optimizer"]["init_args"]["lr"]
+        )  # this folder's config's checkpoint
         lrs.add(saved_lr)
     assert lrs == {0.001, 0.002}
 
@@ -122,11 +130,22 @@ def test_test_on_a_runs_checkpoint_logs_into_that_run_with_one_hparams_row(train
     for tag in ("val/acc", "train/acc", "test/acc", "hp/val_acc_best", "hp/test_acc"):
         assert tag in scalars, tag
     params = _hparams(run_dir)
-    expected = {"model.class": "MNISTClassifier", "model.net": "mnist_lightning.model.MLP",
-                "model.net.init_args.hidden_sizes": "[50]", "model.optimizer": "torch.optim.Adam",
-                "model.optimizer.init_args.lr": 0.001, "data.dataset": "mnist",
-                "data.batch_size": 64.0, "data.normalize": "false", "data.deskew": "false", "data.val_size": 100.0, "seed": "42",
-                "trainer.max_epochs": 2.0, "trainer.precision": "32-true", "trainer.devices": 1.0}
+    expected = {
+        "model.class": "MNISTClassifier",
+        "model.net": "mnist_lightning.models.MLP",
+        "model.net.init_args.hidden_sizes": "[50]",
+        "model.optimizer": "torch.optim.Adam",
+        "model.optimizer.init_args.lr": 0.001,
+        "data.dataset": "mnist",
+        "data.batch_size": 64.0,
+        "data.normalize": "false",
+        "data.deskew": "false",
+        "data.val_size": 100.0,
+        "seed": "42",
+        "trainer.max_epochs": 2.0,
+        "trainer.precision": "32-true",
+        "trainer.devices": 1.0,
+    }
     for key, value in expected.items():
         assert params.get(key) == value, (key, params.get(key))
     assert not any(key.startswith("_") or "instantiator" in key for key in params)
@@ -153,7 +172,9 @@ def test_a_checkpoint_from_elsewhere_gets_a_folder_of_its_own_and_predict_writes
     assert [p.name for p in (elsewhere / "lightning_logs").iterdir()] == ["version_0"]
     predict_dir = tmp_path / "predict"
     predict_dir.mkdir()
-    predict = run_cli("predict", "--ckpt_path", str(copy), "--data.data_dir", str(tiny_data), *TINY_ARGS, cwd=predict_dir)
+    predict = run_cli(
+        "predict", "--ckpt_path", str(copy), "--data.data_dir", str(tiny_data), *TINY_ARGS, cwd=predict_dir
+    )
     assert predict.returncode == 0, predict.stderr
     assert list(predict_dir.iterdir()) == []
 
@@ -199,7 +220,9 @@ def test_the_console_of_fit_shows_progress_and_results_only(fits_started_togethe
         assert noise not in console, noise
     assert "Epoch 1" in console and "Best checkpoint" in console and "Test it with" in console
     run_dir = fits_started_together.run_dir("default")
-    shutil.copytree(run_dir, tmp_path / "lightning_logs" / run_dir.name)  # predict reads it here, the shared one stays as it was
+    shutil.copytree(
+        run_dir, tmp_path / "lightning_logs" / run_dir.name
+    )  # predict reads it here, the shared one stays as it was
     predict = run_process("predict", "--ckpt_path", str(_last(tmp_path / "lightning_logs" / run_dir.name)),
                           "--data.data_dir", str(shared_tiny_data), "--data.verify", "false", cwd=tmp_path)
     assert predict.returncode == 0, predict.stderr
@@ -217,12 +240,12 @@ def test_the_best_recipes_settings_keep_the_console_quiet(fits_started_together)
     assert "Best checkpoint" in console
 
 
-# ------------------------------------------------------------------------------ resume keeps what the checkpoint fixes (14.3)
+# ------------------------------------------------------------------------------ resume keeps what the checkpoint fixes
 @pytest.fixture(scope="module")
 def onecycle_run(tmp_path_factory: pytest.TempPathFactory, shared_tiny_data: Path) -> Path:
     """A 2-epoch fit with a schedule that spans the run, trained once for the refusals below (which write nothing)."""
     workdir = tmp_path_factory.mktemp("onecycle")
-    _fit(workdir, shared_tiny_data, "--model.lr_scheduler", "mnist_lightning.schedules.OneCycle")
+    _fit(workdir, shared_tiny_data, "--model.lr_scheduler", "mnist_lightning.models.OneCycle")
     return workdir
 
 
@@ -237,7 +260,7 @@ def onecycle_run_copy(onecycle_run: Path, tmp_path: Path) -> Path:
     ("--model.optimizer.init_args.lr", "0.01", "0.001"), ("--data.batch_size", "128", "64"),
     ("--data.split_seed", "7", "42"), ("--data.val_size", "50", "100"),
     ("--model.net.init_args.hidden_sizes", "[20]", "[50]"), ("--seed_everything", "3", "42"),
-    ("--model.lr_scheduler", "mnist_lightning.schedules.Cosine", "'mnist_lightning.schedules.OneCycle'"),
+    ("--model.lr_scheduler", "mnist_lightning.models.Cosine", "'mnist_lightning.models.OneCycle'"),
     ("--trainer.max_epochs", "4", "2"), ("--data.deskew", "true", "False"),
 ])
 def test_a_resume_with_a_setting_the_checkpoint_fixes_is_refused_naming_both_values(option, value, saved,
@@ -252,6 +275,21 @@ def test_a_resume_with_a_setting_the_checkpoint_fixes_is_refused_naming_both_val
     assert _last(run_dir).read_bytes() == before
 
 
+@pytest.mark.parametrize("option", [("--trainer.limit_train_batches", "3"), ("--trainer.accumulate_grad_batches", "2"),
+                                    ("--trainer.max_steps", "5")])
+def test_a_resume_that_changes_a_run_long_schedules_length_is_refused(option, onecycle_run_copy, tmp_path):
+    """Each of these changes how many optimizer steps the one-cycle schedule spans: more would overrun it (torch's
+    "Tried to step N times"), fewer would end half-way through it. Refused in one line, nothing written."""
+    run_dir = onecycle_run_copy
+    before = _last(run_dir).read_bytes()
+    result = run_cli("fit", "--config", str(run_dir / "config.yaml"), "--ckpt_path", "last", *option, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and result.stderr.strip().endswith(errors[0]) and "Traceback" not in result.stderr
+    assert "the checkpoint's schedule spans" in result.stderr and "resume with the run's own settings" in result.stderr
+    assert _last(run_dir).read_bytes() == before
+
+
 def test_a_resume_may_change_the_number_of_epochs_of_a_constant_rate_and_logging(trained_run_copy):
     run_dir = trained_run_copy.run_dir  # 2 epochs at Adam's constant rate
     result = run_cli("fit", "--config", str(run_dir / "config.yaml"), "--ckpt_path", "last",
@@ -260,7 +298,7 @@ def test_a_resume_may_change_the_number_of_epochs_of_a_constant_rate_and_logging
     assert torch.load(_last(run_dir), weights_only=True)["epoch"] == 2
 
 
-# ------------------------------------------------------------------------------ evaluation keeps the run's split (14.4)
+# ------------------------------------------------------------------------------ evaluation keeps the run's split
 def test_validate_reproduces_fits_val_acc_with_a_non_default_split(shared_tiny_data, tmp_path):
     tiny_data = shared_tiny_data
     _fit(tmp_path, tiny_data, "--data.split_seed", "7", "--data.val_size", "150", epochs=1)
@@ -277,14 +315,16 @@ def test_validate_reproduces_fits_val_acc_with_a_non_default_split(shared_tiny_d
         assert refused.returncode == 2 and option.removeprefix("--") in refused.stderr
 
 
-# ------------------------------------------------------------------------------ evaluating nothing (14.5)
+# ------------------------------------------------------------------------------ evaluating nothing
 @pytest.mark.parametrize("subcommand", ["test", "validate", "predict"])
 def test_evaluating_without_a_checkpoint_is_refused_unless_asked_for(subcommand, shared_tiny_data, tmp_path):
     tiny_data = shared_tiny_data
     result = run_cli(subcommand, "--data.data_dir", str(tiny_data), *TINY_ARGS, cwd=tmp_path)
     assert result.returncode == 2 and "--ckpt_path" in result.stderr and "Traceback" not in result.stderr
     assert "Got " not in result.stdout
-    allowed = run_cli(subcommand, "--data.data_dir", str(tiny_data), *TINY_ARGS, "--allow_untrained", "true", cwd=tmp_path)
+    allowed = run_cli(
+        subcommand, "--data.data_dir", str(tiny_data), *TINY_ARGS, "--allow_untrained", "true", cwd=tmp_path
+    )
     assert allowed.returncode == 0, allowed.stderr
 
 
@@ -292,3 +332,28 @@ def test_ckpt_path_last_without_the_runs_config_is_refused(trained_run_copy):
     result = run_cli("test", "--ckpt_path", "last", "--data.data_dir", str(trained_run_copy.data_dir), *TINY_ARGS,
                      cwd=trained_run_copy.workdir)
     assert result.returncode == 2 and "config.yaml" in result.stderr and "Got " not in result.stdout
+
+
+# ------------------------------------------------------------------------------ several loggers, one run folder
+TWO_LOGGERS = """trainer:
+  logger:
+    - class_path: pytorch_lightning.loggers.TensorBoardLogger
+      init_args: {save_dir: lightning_logs, name: "", default_hp_metric: false}
+    - class_path: pytorch_lightning.loggers.CSVLogger
+      init_args: {save_dir: lightning_logs, name: ""}
+"""
+
+
+def test_two_loggers_write_into_one_run_folder_and_its_evaluation_stays_there(shared_tiny_data, tmp_path):
+    (tmp_path / "two_loggers.yaml").write_text(TWO_LOGGERS)
+    for _ in range(2):
+        _fit(tmp_path, shared_tiny_data, "--config", "two_loggers.yaml", epochs=1)
+    runs = tmp_path / "lightning_logs"
+    assert sorted(p.name for p in runs.iterdir()) == ["version_0", "version_1"]
+    for run in ("version_0", "version_1"):
+        assert (runs / run / "metrics.csv").is_file() and list((runs / run).glob("events.out.tfevents.*")), run
+    result = run_cli("test", "--ckpt_path", str(_last(runs / "version_0")), "--data.data_dir", str(shared_tiny_data),
+                     *TINY_ARGS, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in runs.iterdir()) == ["version_0", "version_1"]  # no new version for the test
+    assert "test/acc" in (runs / "version_0" / "metrics.csv").read_text()

@@ -1,6 +1,7 @@
-"""Sweep storages (mnist_lightning/sweep_storage.py): `--storage` parsed and checked; three workers, each in a folder
-of its own as on three machines, on a real PostgreSQL server and on one journal file, one of them SIGKILLed mid-trial
-and started again; the SLURM recipe run with bash as SLURM would run its array tasks.
+"""Sweep storages (mnist_lightning/sweeps/storage.py, heartbeat.py): `--storage` parsed and checked; three
+workers, each in a folder of its own as on three machines, on a real PostgreSQL server and on one journal
+file, one of them SIGKILLed mid-trial and started again; the SLURM recipe run with bash as SLURM would run
+its array tasks.
 
 The PostgreSQL test starts a throwaway server itself (Debian's initdb/pg_ctl, as an unprivileged user when run
 as root), on 127.0.0.1 and a free port, and stops it at the end. Where the server or the psycopg driver is
@@ -9,6 +10,7 @@ missing it skips, except under CI (the CI variable set), where it fails: CI must
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 import re
@@ -30,27 +32,28 @@ import pytest
 import sqlalchemy.engine
 import sqlalchemy.exc
 import yaml
-from conftest import PROJECT_ROOT, TINY_ARGS, start_forked
+from conftest import PROJECT_ROOT, TINY_ARGS, run_cli, start_forked
 from forked_cli import ForkedProcess
 from optuna.trial import TrialState
 
 from mnist_lightning.errors import UserInputError
-from mnist_lightning.experiments import importances_table, run_trials, sweep_main
-from mnist_lightning.sweep_storage import (
+from mnist_lightning.sweeps.command import sweep_main
+from mnist_lightning.sweeps.heartbeat import Heartbeat, fail_stale_journal_trials, write_beat
+from mnist_lightning.sweeps.storage import (
     POSTGRES_EXTRA,
     StorageSpec,
-    fail_stale_journal_trials,
     heartbeat_of,
     mount_of,
     network_filesystem,
     open_storage,
     parse_storage,
-    write_beat,
 )
+from mnist_lightning.sweeps.summary import importances_table
+from mnist_lightning.sweeps.trials import run_trials
 
 pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),  # Optuna's heartbeat
               pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")]
-HEARTBEAT = {"interval": 1, "grace_period": 3}
+HEARTBEAT = Heartbeat(interval=1, grace_period=3)
 MOUNTS = """\
 /dev/vda1 / ext4 rw,relatime 0 0
 server:/export/shared /shared nfs4 rw,relatime,vers=4.2 0 0
@@ -68,7 +71,8 @@ def test_default_is_a_sqlite_file_in_the_sweep_folder(tmp_path):
 
 
 def test_journal_names_a_file_after_the_prefix(tmp_path, monkeypatch):
-    assert parse_storage("journal:/shared/sweeps/mnist.log", tmp_path) == StorageSpec("journal", "/shared/sweeps/mnist.log")
+    assert (parse_storage("journal:/shared/sweeps/mnist.log", tmp_path)
+            == StorageSpec("journal", "/shared/sweeps/mnist.log"))
     monkeypatch.chdir(tmp_path)
     spec = parse_storage("journal:sweeps/mnist.log", tmp_path)  # relative to the working folder, made absolute
     assert spec.target == str(tmp_path / "sweeps" / "mnist.log") and spec.shown == f"journal:{spec.target}"
@@ -80,13 +84,63 @@ def test_a_database_url_is_shown_without_its_password(tmp_path):
     assert "secret" not in spec.shown and spec.shown.startswith("postgresql+psycopg://sweeper:")
 
 
+@pytest.mark.parametrize("url", [
+    "postgresql+psycopg://sweeper@db.example/optuna?password=SECRET",
+    "postgresql+psycopg://sweeper:SECRET@db.example:5433/optuna?sslmode=require&sslpassword=SECRET",
+    "postgresql://sweeper@db.example/optuna?application_name=mnist&PASSWORD=SECRET&password=SECRET",
+])
+def test_every_password_a_url_carries_is_masked(tmp_path, url):
+    """libpq takes a password from the URL's userinfo or from its query (`password`, `sslpassword`): neither is
+    shown."""
+    shown = parse_storage(url, tmp_path).shown
+    assert "SECRET" not in shown and "sweeper" in shown and "db.example" in shown, shown
+    assert "application_name=mnist" in shown or "application_name" not in url  # what is not a secret stays readable
+    assert re.search(r"password=\*\*\*", shown, re.IGNORECASE), shown
+
+
+def _sweep_on(storage: str, data: Path, cwd: Path):
+    return run_cli("sweep", "--config", str(write_sweep(cwd, n_trials=1)), "--storage", storage, *fit_args(data, 1),
+                   "--trainer.limit_train_batches", "2", cwd=cwd)
+
+
+def _one_error_line(result) -> str:
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.rstrip("\n").splitlines()[-1]
+    assert last.startswith("error: "), result.stderr[-3000:]
+    return last
+
+
+@pytest.mark.slow
+def test_a_refused_connection_is_reported_without_the_password(shared_tiny_data, tmp_path):
+    """The sweep's error names the server it could not reach, with both the userinfo and the query password masked
+    (a closed port on this machine: refused at once, no server needed)."""
+    url = f"postgresql+psycopg://sweeper:SECRET@127.0.0.1:{free_port()}/optuna?password=SECRET"
+    result = _sweep_on(url, shared_tiny_data, tmp_path)
+    line = _one_error_line(result)
+    assert "127.0.0.1" in line and "sweeper:***@" in line, line
+    assert "SECRET" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("port", ["abc", "5432x", "99999", "0"])
+def test_a_port_that_is_not_a_port_is_one_line(shared_tiny_data, tmp_path, port):
+    url = f"postgresql+psycopg://sweeper:SECRET@127.0.0.1:{port}/optuna"
+    line = _one_error_line(_sweep_on(url, shared_tiny_data, tmp_path))
+    assert "--storage" in line and f"port {port!r}" in line and ":5432/" in line, line
+    assert "SECRET" not in line
+    assert not (tmp_path / "lightning_logs").exists()  # refused before anything ran
+
+
 @pytest.mark.parametrize(("value", "message"), [
     ("journal:", "name the journal file after `journal:`"),
     ("study.db", "--storage takes sqlite:///PATH, journal:PATH"),
+    ("sweeper:SECRET@db.example/optuna?password=SECRET",
+     "got 'sweeper:\\*\\*\\*@db.example/optuna\\?password=\\*\\*\\*'"),
 ])
 def test_other_forms_are_refused(tmp_path, value, message):
-    with pytest.raises(UserInputError, match=message):
+    with pytest.raises(UserInputError, match=message) as caught:
         parse_storage(value, tmp_path)
+    assert "SECRET" not in str(caught.value)
 
 
 @pytest.mark.parametrize("url", ["postgresql+psycopg://sweeper@127.0.0.1:1/optuna", "postgresql://sweeper@127.0.0.1:1/optuna"])
@@ -144,7 +198,7 @@ def test_the_journal_fails_a_trial_whose_heartbeat_is_stale(tmp_path):
     spec = parse_storage(f"journal:{tmp_path}/mnist.log", tmp_path)
     storage = open_storage(spec, HEARTBEAT)
     assert type(storage) is optuna.storages.JournalStorage  # Optuna's own, the heartbeat beside it
-    heartbeat = heartbeat_of(spec, storage, {"interval": 1, "grace_period": 1})
+    heartbeat = heartbeat_of(spec, storage, Heartbeat(interval=1, grace_period=1))
     assert heartbeat is not None and heartbeat.beats == tmp_path / "mnist.log.heartbeats" and heartbeat.beats.is_dir()
     study = optuna.create_study(study_name="s", storage=storage)
     write_beat(heartbeat.file("s", 2))  # left by an earlier study of the same name: not trial 2's beat
@@ -181,7 +235,8 @@ def test_a_worker_whose_trial_another_worker_failed_goes_on(tmp_path, capsys, th
         assert heartbeat.file("s", trial.number).is_file()  # beating while it runs
         if trial.number == 0:  # what another worker's fail_stale_journal_trials does to a worker paused too long
             study_id = storage.get_study_id_from_name("s")
-            storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(study_id, 0), TrialState.FAIL)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, 0)
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
             if then == "writes":  # e.g. the next epoch's report: Optuna refuses it
                 trial.report(0.5, step=1)
         return 1.0
@@ -207,7 +262,8 @@ def test_importances_say_so_when_the_trials_cannot_tell():
     study = optuna.create_study(direction="maximize")
     assert importances_table(study) == "Parameter importances: need at least 2 complete trials."
     study.optimize(lambda t: 1.0 + 0 * t.suggest_float("model.lr", 0, 1), n_trials=3)  # no option changes anything
-    assert importances_table(study) == "Parameter importances: the 3 complete trials do not tell the searched options apart."
+    assert importances_table(study) == ("Parameter importances: the 3 complete trials do not tell the searched "
+                                        "options apart.")
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -222,7 +278,8 @@ def postgres_bindir() -> Path | None:
     """The folder of Debian's initdb and pg_ctl (not on PATH there), or of the ones on PATH."""
     candidates = []
     if shutil.which("pg_config"):
-        candidates.append(Path(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip()))
+        pg_config = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
+        candidates.append(Path(pg_config.stdout.strip()))
     newest_first = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True,
                           key=lambda p: [int(n) for n in re.findall(r"\d+", p.parent.name)])
     candidates += newest_first
@@ -257,9 +314,10 @@ def postgres_url() -> Iterator[str]:
     data, port = home / "data", free_port()
     options = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={home} -c fsync=off"
     try:
-        for command in ([*as_user, bindir / "initdb", "-D", data, "-U", "sweeper", "--auth=trust", "-E", "UTF8", "--no-sync"],
-                        [*as_user, bindir / "pg_ctl", "-D", data, "-l", home / "server.log", "-w", "-t", "60", "-o", options,
-                         "start"],
+        for command in ([*as_user, bindir / "initdb", "-D", data, "-U", "sweeper", "--auth=trust", "-E", "UTF8",
+                         "--no-sync"],
+                        [*as_user, bindir / "pg_ctl", "-D", data, "-l", home / "server.log", "-w", "-t", "60",
+                         "-o", options, "start"],
                         [bindir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "sweeper", "optuna"]):
             done = subprocess.run(command, capture_output=True, text=True, timeout=120)
             if done.returncode != 0:
@@ -271,6 +329,20 @@ def postgres_url() -> Iterator[str]:
             subprocess.run([*as_user, bindir / "pg_ctl", "-D", data, "stop", "-m", "immediate"], capture_output=True,
                            timeout=60)
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_the_sweep_banner_and_summary_show_the_server_without_the_password(postgres_url, shared_tiny_data, tmp_path):
+    """On a real server (trust authentication: the passwords are sent and ignored), nothing the sweep prints
+    carries them: the banner names the study's server with both masked."""
+    url = postgres_url.replace("sweeper@", "sweeper:SECRET@") + "?password=SECRET"
+    ran = _sweep_on(url, shared_tiny_data, tmp_path)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    banner = next(line for line in ran.stdout.splitlines() if line.startswith("Sweep 'tiny': study "))
+    assert "sweeper:***@127.0.0.1" in banner and "password=***" in banner, banner
+    summary = run_cli("sweep", "--config", str(tmp_path / "tiny.yaml"), "--storage", url, "--summary", cwd=tmp_path)
+    assert summary.returncode == 0 and " COMPLETE " in summary.stdout, summary.stderr[-3000:]
+    assert "SECRET" not in ran.stdout + ran.stderr + summary.stdout + summary.stderr
 
 
 def _has_user(name: str) -> bool:
@@ -286,8 +358,8 @@ def write_sweep(folder: Path, n_trials: int) -> Path:
     spec = {
         "configs": [str(PROJECT_ROOT / "configs" / "seed.yaml")],
         "n_trials": n_trials,
-        "pruner": "none",
-        "heartbeat": HEARTBEAT,
+        "pruner": "optuna.pruners.NopPruner",
+        "heartbeat": dataclasses.asdict(HEARTBEAT),
         "search_space": {
             "model.optimizer.init_args.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
             "model.net.init_args.hidden_sizes": {"type": "categorical", "choices": [[8], [16]]},
@@ -305,7 +377,8 @@ def fit_args(data: Path, epochs: int) -> list[str]:
 def reader(storage: str) -> optuna.storages.BaseStorage:
     """A plain Optuna storage on the study, for the test to watch it (no heartbeat, no writes)."""
     if storage.startswith("journal:"):
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage.removeprefix("journal:")))
+        backend = optuna.storages.journal.JournalFileBackend(storage.removeprefix("journal:"))
+        return optuna.storages.JournalStorage(backend)
     return optuna.storages.RDBStorage(storage)
 
 
@@ -368,7 +441,7 @@ def test_three_workers_in_their_own_folders_share_one_study_and_survive_a_sigkil
     if kind == "journal":
         assert [p.name for p in (shared / "tiny.log.heartbeats").iterdir()] == [f"tiny-{killed_number}"]
         last_beat = float((shared / "tiny.log.heartbeats" / f"tiny-{killed_number}").read_text())
-        assert killed.datetime_complete.timestamp() - last_beat > HEARTBEAT["grace_period"]
+        assert killed.datetime_complete.timestamp() - last_beat > HEARTBEAT.grace_period
     assert all(t.user_attrs.get("surplus") for t in trials if t.state == TrialState.FAIL and t is not killed)
     folder_of = {pid: folders[i] for i, pid in pids.items()} | {workers[f"worker{victim}"].pid: folders[victim]}
     ran = [t for t in trials if "run_dir" in t.user_attrs]
@@ -384,7 +457,8 @@ def test_three_workers_in_their_own_folders_share_one_study_and_survive_a_sigkil
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     capsys.readouterr()
-    sweep_main(["--config", str(tmp_path / "tiny.yaml"), "--storage", storage, "--summary"])  # in-process: one start less
+    sweep_main(["--config", str(tmp_path / "tiny.yaml"), "--storage", storage,
+                "--summary"])  # in-process: one start less
     summary = capsys.readouterr().out
     with capsys.disabled():
         print(f"\n{summary}")  # the trial table (states, hosts, folders) for the record: pytest -s

@@ -1,4 +1,4 @@
-"""A user's own parts (issue 18, "Open for extension"): a net written in the user's own file, outside
+"""A user's own parts: a net written in the user's own file, outside
 the package, and any torch optimizer and schedule, all by class path on the command line. Every
 safeguard works for them as for the default MLP: the printed test command, predict, load_from_checkpoint,
 ONNX export parity, the HPARAMS row, a resume's refusal of a changed setting.
@@ -65,6 +65,19 @@ class NoClasses(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x.flatten(1))
+
+
+class WithFeatures(nn.Module):
+    """A common pattern the module cannot train: it returns (logits, features)."""
+
+    def __init__(self, width: int = 8, num_classes: int = 10):
+        super().__init__()
+        self.body = nn.Linear(28 * 28, width)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(x.flatten(1)).relu()
+        return self.head(features), features
 '''
 
 USER_PARTS = ("--model.net", "my_nets.SmallCNN", "--model.net.init_args.width", "16",
@@ -221,6 +234,16 @@ def test_a_net_without_num_classes_is_refused_with_one_line_naming_it(user_run, 
     assert not (tmp_path / "lightning_logs").exists()
 
 
+def test_a_net_that_returns_a_tuple_is_refused_with_one_line_before_training(user_run, tmp_path):
+    result = run_cli("fit", "--data.data_dir", str(user_run.data_dir), *TINY_ARGS,
+                     "--model.net", "my_nets.WithFeatures", cwd=tmp_path, env=user_run.env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and result.stderr.strip().endswith(errors[0]) and "Traceback" not in result.stderr
+    assert "model.net returns a tuple, not a tensor" in result.stderr and "only the logits" in result.stderr
+    assert not list(tmp_path.glob("lightning_logs/version_*"))  # refused before the first step: no run folder left
+
+
 def test_a_net_whose_only_argument_is_num_classes_is_refused_in_one_line(user_run, tmp_path):
     """LightningCLI 2.6 cannot save the config of a net whose only argument is the linked num_classes (it asserts
     in pytorch_lightning.cli._set_dict_nested): the CLI says so, and what to do, before anything is built."""
@@ -258,6 +281,7 @@ def test_a_resume_refuses_a_changed_setting_of_a_users_net(user_run, tmp_path):
     result = run_cli("fit", "--config", str(run.run_dir / "config.yaml"), "--ckpt_path", "last",
                      "--model.net.init_args.width", "8", cwd=run.workdir, env=run.env)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "model.net.init_args.width=8" in result.stderr and "model.net.init_args.width=16" in result.stderr, result.stderr
+    assert ("model.net.init_args.width=8" in result.stderr
+            and "model.net.init_args.width=16" in result.stderr), result.stderr
     assert run.last.read_bytes() == before
     assert sorted(p.name for p in (run.workdir / "lightning_logs").iterdir()) == ["version_0"]

@@ -101,7 +101,15 @@ def test_the_best_recipe_config_is_the_documented_one(tmp_path):
     assert net["hidden_sizes"] == [1024, 1024] and net["batch_norm"] is True
     assert model["lr_scheduler"]["class_path"] == "mnist_lightning.models.OneCycle"
     assert config["data"]["deskew"] is True and config["data"]["normalize"] is True
-    assert config["trainer"]["precision"] == "bf16-mixed"
+    assert config["trainer"]["precision"] == "32-true" and config["trainer"]["max_epochs"] == 20
+
+
+def test_bf16_is_an_opt_in_stacked_on_a_recipe(tmp_path):
+    """configs/bf16.yaml turns bf16 on over the fp32 recipe, for hardware that computes in it (docs/results.md)."""
+    result = run_cli("fit", "--config", str(PROJECT_ROOT / "configs" / "mlp_best.yaml"), "--config",
+                     str(PROJECT_ROOT / "configs" / "bf16.yaml"), "--print_config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["trainer"]["precision"] == "bf16-mixed"
 
 
 def test_help_is_readable_and_shows_the_ranges(tmp_path):

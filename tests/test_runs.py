@@ -49,9 +49,10 @@ def _last(run_dir: Path) -> Path:
 
 # ------------------------------------------------------------------------------ one folder per run
 # Two `fit` processes started together, in one folder: the default config on a real console, and the best
-# recipe's settings (bf16 precision, deskewing). Shared by the race for a run folder (between processes)
-# and the two console tests (warnings reach a real console once each, where in this process pytest records
-# them): one pair of process starts (5-9 s of CPU each) instead of four. Tests only read it.
+# recipe's settings with the opt-in bf16 (configs/bf16.yaml's precision, deskewing). Shared by the race for a
+# run folder (between processes) and the two console tests (warnings reach a real console once each, where in
+# this process pytest records them): one pair of process starts (5-9 s of CPU each) instead of four. Tests only
+# read it.
 CONSOLE_FIT = ("--data.verify", "false", "--data.val_size", "100")
 TOGETHER = {
     "default": ("--trainer.max_epochs", "2"),
@@ -229,7 +230,8 @@ def test_the_console_of_fit_shows_progress_and_results_only(fits_started_togethe
 
 
 def test_the_best_recipes_settings_keep_the_console_quiet(fits_started_together):
-    """configs/mlp_best.yaml's bf16 precision and deskewing add no warnings to what fit prints.
+    """configs/bf16.yaml's precision and mlp_best.yaml's deskewing add no warnings to what fit prints (on a CPU
+    that emulates bf16, PrecisionCheck's one line, tests/test_precision_check.py, names no warning).
     A real process (the "best" fit of `fits_started_together`), for the reason above."""
     assert fits_started_together.returncodes["best"] == 0, fits_started_together.consoles["best"][-3000:]
     console = fits_started_together.consoles["best"]

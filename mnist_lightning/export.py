@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import sys
+import re
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -80,13 +80,10 @@ def load_model(ckpt_path: str | Path) -> tuple[MNISTClassifier, dict[str, Any]]:
     the config LightningCLI saved in it (the class, and the net's class path and init args), so a
     net of the user's own comes back as long as its module is importable.
     """
-    checkpoint = load_checkpoint_file(ckpt_path)
+    checkpoint = load_checkpoint_file(ckpt_path)  # which class to rebuild, and the file's own one-line errors
     cls = checkpoint_class(checkpoint.get("hyper_parameters") or {})
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    buffer.seek(0)
     try:
-        model = cls.load_from_checkpoint(buffer, map_location="cpu", weights_only=True)
+        model = cls.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
     except (ImportError, RuntimeError, TypeError, KeyError, ValueError, argparse.ArgumentError) as err:
         if isinstance(err, CheckpointError):
             raise
@@ -165,10 +162,34 @@ def export_torchscript(net: nn.Module, example: torch.Tensor) -> tuple[bytes, Ru
     """The scripted net as the bytes of a .pt file, and the model loaded back from those bytes."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
+        try:
+            scripted = torch.jit.script(net)
+        except (torch.jit.frontend.FrontendError, RuntimeError, OSError) as err:  # OSError: no source to compile
+            raise torchscript_failure(net, err) from None
         buffer = io.BytesIO()
-        torch.jit.save(torch.jit.script(net), buffer)  # in memory: no C++ file write to fail half-way
+        torch.jit.save(scripted, buffer)  # in memory: no C++ file write to fail half-way
         data = buffer.getvalue()
         return data, torch.jit.load(io.BytesIO(data))
+
+
+def torchscript_failure(net: nn.Module, err: BaseException) -> UserInputError:
+    """TorchScript's compile error (the reason, then the source with a `<--- HERE` marker) as one line: the
+    reason, the file and line, the code, and the fix."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    reason = lines[0].strip().rstrip(":") if lines else type(err).__name__
+    if isinstance(err, OSError):
+        reason = f"{reason} (a class defined in a notebook or an interactive session has no source file)"
+    where = ""
+    for i, line in enumerate(lines):
+        found = re.match(r'\s*File "(.+)", line (\d+)', line)
+        marker = next((j for j in range(i + 1, len(lines)) if "<--- HERE" in lines[j]), None)
+        if found and marker is not None:
+            where = f" at {Path(found[1]).name}:{found[2]} `{lines[marker - 1].strip()}`"
+            break
+    net_class = f"{type(net).__module__}.{type(net).__qualname__}"
+    return UserInputError(f"TorchScript cannot compile the net {net_class}: {reason}{where}. Make its forward "
+                          "scriptable (https://pytorch.org/docs/stable/jit_language_reference.html), or export it with "
+                          "--format onnx; nothing was written.")
 
 
 def export_onnx(net: nn.Module, example: torch.Tensor) -> tuple[bytes, Runner | None]:
@@ -261,8 +282,4 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", default=None,
                         help="file to write (default: the checkpoint's path with .pt / .onnx); never the checkpoint")
     args = parser.parse_args(argv)
-    try:
-        export(args.ckpt_path, args.format, args.output)
-    except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    export(args.ckpt_path, args.format, args.output)  # a UserInputError is one line, exit 2, in __main__.main

@@ -219,7 +219,7 @@ def tutorial_on_real_mnist(tmp_path_factory: pytest.TempPathFactory) -> Tutorial
 
     def build(workdir: Path) -> None:
         data = ("--data.data_dir", str(REAL_DATA_DIR))
-        fit = run_cli("fit", *TUTORIAL_ON_CPU, *data, cwd=workdir, timeout=900)
+        fit = run_cli("fit", *TUTORIAL_ON_CPU, *data, cwd=workdir)
         assert fit.returncode == 0, fit.stderr[-5000:]
         last = workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
         test = run_cli("test", *TUTORIAL_ON_CPU, *data, "--ckpt_path", str(last), "--trainer.logger", "false",
@@ -277,49 +277,46 @@ def _console_into(out: io.StringIO, err: io.StringIO) -> Iterator[None]:
             handler.setStream(stream)
 
 
-def run_cli(*args: str, cwd: Path, timeout: float | None = None, env: dict | None = None) -> CliResult:
-    """Run `python -m mnist_lightning ARGS` in this process, in `cwd`: the same `main()` the process runs
-    (`mnist_lightning.__main__`), with its exit code, stdout and stderr, and no process start-up (seconds
-    of imports) per call. What a run changes process-wide (working folder, environment, torch's thread
-    count, signal handlers, sys.argv, sys.path and the user modules it imported) is put back afterwards.
+def run_cli(*args: str, cwd: Path, env: dict | None = None) -> CliResult:
+    """Run `python -m mnist_lightning ARGS` in this process, in `cwd`: `main(ARGS)`, the function the process
+    runs, with its exit code, stdout and stderr, and no process start-up (seconds of imports) per call.
 
-    `env["PYTHONPATH"]` entries (e.g. a folder with a user's own net) are put on sys.path for the call.
-    `timeout` is accepted for the signature's sake: an in-process run cannot be stopped from outside.
+    What a run changes process-wide is put back afterwards by pytest's own `MonkeyPatch` (working folder,
+    environment, sys.argv, sys.path), plus torch's thread count, the signal handlers, and the user modules it
+    imported. `env["PYTHONPATH"]` entries (e.g. a folder with a user's own net) are put on sys.path for the call.
     """
     from mnist_lightning.__main__ import main
 
     out, err = io.StringIO(), io.StringIO()
-    saved_env, saved_argv, saved_path = dict(os.environ), list(sys.argv), list(sys.path)
-    saved_modules, saved_cwd, threads = set(sys.modules), os.getcwd(), torch.get_num_threads()
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     extra_paths = [p for p in (env or {}).get("PYTHONPATH", "").split(os.pathsep) if p]
     # Folders of a test's own modules: not the project (the venv lives inside it) nor the tests folder.
     user_roots = [Path(p).resolve() for p in extra_paths
                   if not PROJECT_ROOT.is_relative_to(Path(p).resolve()) and Path(p).resolve() != TESTS_DIR]
-    os.environ.update({k: v for k, v in (env or {}).items() if k != "PYTHONPATH"})
-    sys.path[:0] = extra_paths
-    sys.argv = ["python -m mnist_lightning", *args]  # what LightningCLI reads, as in the real process
-    os.chdir(cwd)
-    code = 0
-    try:
-        with _console_into(out, err):
-            try:
-                code = main()
-            except BaseException:  # as the interpreter would: the traceback on stderr, exit code 1
-                traceback.print_exc(file=err)
-                code = 1
-    finally:
-        os.chdir(saved_cwd)
-        os.environ.clear()
-        os.environ.update(saved_env)
-        sys.argv, sys.path[:] = saved_argv, saved_path
-        torch.set_num_threads(threads)
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-        for name in set(sys.modules) - saved_modules:  # a user's net module from a test's own folder
-            module_file = getattr(sys.modules[name], "__file__", None)
-            if module_file and any(Path(module_file).resolve().is_relative_to(root) for root in user_roots):
-                del sys.modules[name]
+    saved_modules, threads = set(sys.modules), torch.get_num_threads()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in (env or {}).items():
+            if name != "PYTHONPATH":
+                patch.setenv(name, value)
+        for path in reversed(extra_paths):
+            patch.syspath_prepend(path)
+        patch.setattr(sys, "argv", ["python -m mnist_lightning", *args])  # the program name in usage lines
+        patch.chdir(cwd)
+        try:
+            with _console_into(out, err):
+                try:
+                    code = main(list(args))
+                except BaseException:  # as the interpreter would: the traceback on stderr, exit code 1
+                    traceback.print_exc(file=err)
+                    code = 1
+        finally:
+            torch.set_num_threads(threads)
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+            for name in set(sys.modules) - saved_modules:  # a user's net module from a test's own folder
+                module_file = getattr(sys.modules[name], "__file__", None)
+                if module_file and any(Path(module_file).resolve().is_relative_to(root) for root in user_roots):
+                    del sys.modules[name]
     return CliResult(code, out.getvalue(), err.getvalue(), tuple(args))
 
 
@@ -328,22 +325,11 @@ TINY_ARGS = ("--data.verify", "false", "--data.val_size", "100", "--trainer.enab
              "--trainer.enable_model_summary", "false")
 
 
-def start_cli(*args: str, cwd: Path, log: Path, env: dict | None = None) -> subprocess.Popen:
-    """Start `python -m mnist_lightning ARGS` in `cwd`, in a process group of its own (so a test can kill it
-    whole with os.killpg), stdout and stderr into `log`."""
-    with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "mnist_lightning", *args], cwd=cwd, env=_process_env(env),
-                                stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def run_forked(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`run_process`, in a process forked from one that has imported the project already (tests/forked_cli.py):
-    for tests whose subject is a run's reaction to a signal or a kill, not the interpreter's start."""
-    return forked_cli.run(args, cwd, _process_env(env), timeout)
-
-
 def start_forked(*args: str, cwd: Path, log: Path, env: dict | None = None) -> forked_cli.ForkedProcess:
-    """`start_cli`, forked the same way: a process group of its own, stdout and stderr into `log`."""
+    """Start `python -m mnist_lightning ARGS` in `cwd` as a process of its own, forked from one that has imported
+    the project already (tests/forked_cli.py), in a process group of its own, stdout and stderr into `log`: for
+    tests whose subject is a run's reaction to a signal or a kill, or processes racing each other, not the
+    interpreter's start (that is `run_process`)."""
     return forked_cli.start(args, cwd, _process_env(env), log)
 
 

@@ -8,7 +8,7 @@ library's tool for exactly this. One server per pytest-xdist worker; it ends whe
 
 What it skips is the interpreter's start and the imports, so tests whose subject is those (import-time
 state or warnings, the console of a fresh process, `python -m` itself, a command pasted into a shell,
-DDP launches, which start the command again per rank) use `conftest.run_process` / `start_cli`.
+DDP launches, which start the command again per rank) use `conftest.run_process`.
 
 The child runs the real entry point, `mnist_lightning.__main__.run()`, in `cwd`, with the environment a
 `subprocess` of the test would get (`env`), `env`'s PYTHONPATH (and `cwd`, as `python -m` has it) first
@@ -26,7 +26,6 @@ import multiprocessing
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -89,19 +88,3 @@ def start(args: Sequence[str], cwd: Path, environ: dict[str, str], log: Path) ->
     """Start the command, stdout and stderr both into `log` (emptied first)."""
     log.write_text("")
     return ForkedProcess(args, cwd, environ, log, log)
-
-
-def run(args: Sequence[str], cwd: Path, environ: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    """Run the command to its end: its exit status, stdout and stderr (as `subprocess.run(capture_output=True)`)."""
-    with tempfile.TemporaryDirectory(prefix="forked-console-") as console:
-        out, err = Path(console) / "stdout", Path(console) / "stderr"
-        out.write_text("")
-        err.write_text("")
-        process = ForkedProcess(args, cwd, environ, out, err)
-        try:
-            code = process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise
-        return subprocess.CompletedProcess(process.args, code, out.read_text(), err.read_text())

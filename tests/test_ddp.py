@@ -98,7 +98,7 @@ def half_trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     evaluation image would change."""
     workdir = tmp_path_factory.mktemp("half_trained")
     fit = run_cli("fit", "--data.data_dir", str(data_dir), *SMALL, "--trainer.max_epochs", "1",
-                  "--trainer.limit_train_batches", "2", cwd=workdir, timeout=TIMEOUT_S)
+                  "--trainer.limit_train_batches", "2", cwd=workdir)
     assert fit.returncode == 0, fit.stderr[-5000:]
     return workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import PROJECT_ROOT, TINY_ARGS, TrainedRun, run_cli
 
+from mnist_lightning import __main__ as entry_point
 from mnist_lightning import atomic, export
 from mnist_lightning.checkpoints.files import load_checkpoint_file
 from mnist_lightning.data.datamodule import MNISTDataModule
@@ -144,18 +145,15 @@ def test_bad_inputs_are_clean_errors(trained_run: TrainedRun, tmp_path: Path, ca
         (["--ckpt_path", str(ckpt), "--format", "tflite"], "invalid choice: 'tflite'"),
         (["--format", "onnx"], "the following arguments are required: --ckpt_path"),
     ):
-        with pytest.raises(SystemExit) as exit_info:
-            export.main(args)
-        assert exit_info.value.code == 2, args
+        assert entry_point.main(["export", *args]) == 2, args
         assert message in capsys.readouterr().err, args
     assert not (tmp_path / "half.pt").exists()
 
 
 def test_missing_onnx_package_is_a_clean_error(trained_run: TrainedRun, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed: importing it raises ImportError
-    with pytest.raises(SystemExit) as exit_info:
-        export.main(["--ckpt_path", str(trained_run.last), "--format", "onnx", "--output", str(tmp_path / "m.onnx")])
-    assert exit_info.value.code == 2
+    args = ["--ckpt_path", str(trained_run.last), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]
+    assert entry_point.main(["export", *args]) == 2
     assert 'pip install -e ".[onnx]"' in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
 
@@ -185,9 +183,8 @@ def test_export_onto_its_own_checkpoint_is_refused_and_it_stays_unchanged(traine
     # The same path spelled differently, in process.
     monkeypatch.chdir(tmp_path)
     for output in (str(model), "./sub/../model.pt"):
-        with pytest.raises(SystemExit) as exit_info:
-            export.main(["--ckpt_path", "model.pt", "--format", "onnx", "--output", output])
-        assert exit_info.value.code == 2 and "is the checkpoint" in capsys.readouterr().err
+        assert entry_point.main(["export", "--ckpt_path", "model.pt", "--format", "onnx", "--output", output]) == 2
+        assert "is the checkpoint" in capsys.readouterr().err
     assert model.read_bytes() == before and (tmp_path / "link.onnx").resolve() == model
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.onnx", "model.pt", "sub"]  # no logs, no temp files
 
@@ -218,9 +215,7 @@ def test_a_failing_write_leaves_the_previous_export_intact(trained_run: TrainedR
     monkeypatch.setattr(atomic.os, "fsync", disk_full)
     for fmt in ("torchscript", "onnx"):
         output = target if fmt == "torchscript" else tmp_path / "mnist.onnx"
-        with pytest.raises(SystemExit) as exit_info:
-            export.main(["--ckpt_path", str(ckpt), "--format", fmt, "--output", str(output)])
-        assert exit_info.value.code == 2
+        assert entry_point.main(["export", "--ckpt_path", str(ckpt), "--format", fmt, "--output", str(output)]) == 2
         err = capsys.readouterr().err
         assert f"could not write {fmt} export {output}: No space left on device. Free some space" in err, err
         assert len(err.strip().splitlines()) == 1
@@ -376,6 +371,12 @@ class HalfPrecision(Linear):
     """A bfloat16 multiply: it exports, but onnxruntime's CPU provider has no kernel for it."""
     def forward(self, x):
         return self.fc((x.flatten(1).to(torch.bfloat16) * 2).float())
+
+
+class Variadic(Linear):
+    """A forward that takes any number of inputs, which TorchScript cannot compile (ONNX exports it)."""
+    def forward(self, x, *unused):
+        return self.fc(x.flatten(1))
 '''
 HOSTILE_NETS = {
     "Branching": ("its forward branches on the values of its input", f"{HOSTILE_MODULE}.py:16 `if x.mean() > 0.5:`",
@@ -393,7 +394,7 @@ def hostile_nets(tmp_path_factory, shared_tiny_data: Path) -> tuple[Path, dict[s
     (folder / f"{HOSTILE_MODULE}.py").write_text(HOSTILE_SOURCE)
     return folder, {net: _fit(tmp_path_factory.mktemp(net), shared_tiny_data, "--model.net", f"{HOSTILE_MODULE}.{net}",
                               "--trainer.limit_train_batches", "2", env={"PYTHONPATH": str(folder)})
-                    for net in HOSTILE_NETS}
+                    for net in [*HOSTILE_NETS, "Variadic"]}
 
 
 @pytest.mark.parametrize("net", list(HOSTILE_NETS))
@@ -411,3 +412,20 @@ def test_a_net_onnx_cannot_take_is_one_line_naming_the_fix(hostile_nets, tmp_pat
     fixed = _export(tmp_path, "--ckpt_path", str(checkpoints[net]), "--format", "torchscript", "--output", "model.pt",
                     env=env)
     assert fixed.returncode == 0 and "logits match the checkpoint's" in fixed.stdout, fixed.stderr
+
+
+def test_a_net_torchscript_cannot_compile_is_one_line_naming_the_fix(hostile_nets, tmp_path: Path) -> None:
+    """TorchScript's compile error spans many lines (the reason, the source, a marker): one line naming the
+    reason, where, and the fix, no file; and the fix it names works."""
+    folder, checkpoints = hostile_nets
+    env = {"PYTHONPATH": str(folder)}
+    result = _export(tmp_path, "--ckpt_path", str(checkpoints["Variadic"]), "--format", "torchscript", "--output",
+                     "model.pt", env=env)
+    _one_line_error(result, f"TorchScript cannot compile the net {HOSTILE_MODULE}.Variadic",
+                    "variable number of arguments", f"{HOSTILE_MODULE}.py:", "def forward(self, x, *unused):",
+                    "--format onnx", "nothing was written")
+    assert not list(tmp_path.iterdir())
+    pytest.importorskip("onnxscript", reason="the fix it names is the ONNX export")
+    fixed = _export(tmp_path, "--ckpt_path", str(checkpoints["Variadic"]), "--format", "onnx", "--output",
+                    "model.onnx", env=env)
+    assert fixed.returncode == 0, fixed.stderr

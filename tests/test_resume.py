@@ -2,7 +2,7 @@
 an uninterrupted run with the same seed (CPU), with its curves in one run folder, whatever the net;
 and a resume refuses settings that would make it another run.
 
-The interrupted runs are real processes (`run_forked`: forked from a server that has imported the
+The interrupted runs are real processes (`start_forked`: forked from a server that has imported the
 project, so each skips the seconds of `import torch, pytorch_lightning`): the signal, what the process
 writes before it dies and its exit code are the subject. Uninterrupted references and resumes run in this process
 (`run_cli`), shared where several tests compare against the same reference.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_ARGS, built_once, run_cli, run_forked, write_idx_dataset
+from conftest import TINY_ARGS, built_once, run_cli, start_forked, write_idx_dataset
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnist_lightning import MNISTClassifier
@@ -95,7 +95,11 @@ def cnn_uninterrupted(data_dir: Path, nets_dir: Path, tmp_path_factory: pytest.T
 def _fit_interrupted(workdir: Path, *args: str, nets: Path | None = None) -> subprocess.CompletedProcess:
     """`fit ARGS` in a new process with the fault injection armed: a signal kills or stops it mid-run."""
     path = os.pathsep.join([*([str(nets)] if nets else []), str(TESTS_DIR)])  # fault_injection, my_nets
-    return run_forked("fit", *args, cwd=workdir, env={"PYTHONPATH": path, "FAULT_INJECTION": "1"})
+    log = workdir / "interrupted-fit.console"
+    process = start_forked("fit", *args, cwd=workdir, log=log, env={"PYTHONPATH": path, "FAULT_INJECTION": "1"})
+    code = process.wait(timeout=300)
+    console = log.read_text()  # stdout and stderr as one console: what a person at the terminal sees
+    return subprocess.CompletedProcess(process.args, code, console, console)
 
 
 def _fit_here(workdir: Path, *args: str, nets: Path | None = None):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import PROJECT_ROOT, TINY_ARGS, CliResult, built_once, hparams_row, run_cli, run_process, start_cli
+from conftest import PROJECT_ROOT, TINY_ARGS, CliResult, built_once, hparams_row, run_cli, run_process, start_forked
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -82,9 +82,9 @@ class FitsStartedTogether:
 @pytest.fixture(scope="session")
 def fits_started_together(shared_tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> FitsStartedTogether:
     def build(workdir: Path) -> None:
-        runs = {name: start_cli("fit", "--data.data_dir", str(shared_tiny_data), *CONSOLE_FIT, *args,
-                                "--model.optimizer.init_args.lr", LEARNING_RATE[name], cwd=workdir,
-                                log=workdir / f"{name}.console")
+        runs = {name: start_forked("fit", "--data.data_dir", str(shared_tiny_data), *CONSOLE_FIT, *args,
+                                   "--model.optimizer.init_args.lr", LEARNING_RATE[name], cwd=workdir,
+                                   log=workdir / f"{name}.console")
                 for name, args in TOGETHER.items()}
         for name, run in runs.items():
             (workdir / f"{name}.returncode").write_text(str(run.wait(timeout=300)))

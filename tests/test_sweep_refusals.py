@@ -124,6 +124,16 @@ def test_a_metric_that_no_trial_logs_is_refused_before_the_first_trial(shared_ti
     assert not (tmp_path / "lightning_logs").exists()  # no trial, no run folder, no study
 
 
+def test_a_sweep_without_validation_is_refused_before_the_first_trial(shared_tiny_data: Path, tmp_path: Path) -> None:
+    sweep = write_sweep(tmp_path)  # metric: val/acc, the default
+    result = run_cli("sweep", "--config", str(sweep), *fit_args(shared_tiny_data), "--data.val_size", "0",
+                     cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = error_line(result.stderr)
+    assert "'val/acc' is not logged" in line and "no validation" in line and "--data.val_size 0" in line, line
+    assert not (tmp_path / "lightning_logs").exists()  # no trial, no run folder, no study
+
+
 def test_missing_data_is_found_before_the_first_trial(tmp_path: Path) -> None:
     # A proxy that refuses at once: the download fails here whether or not the machine is online.
     offline = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}

@@ -15,9 +15,9 @@ from typing import Any
 import pytorch_lightning as pl
 
 
-class EvaluationStep(pl.Callback):
-    """Logs `step` = the evaluated checkpoint's global step at the end of `validate` and `test` (the trainer's
-    own step when no checkpoint was loaded, e.g. `trainer.test(model)` right after `trainer.fit`)."""
+class CheckpointStep(pl.Callback):
+    """Knows the step an evaluation outside `fit` is logged at: the evaluated checkpoint's global step (the
+    trainer's own when no checkpoint was loaded, e.g. `trainer.test(model)` right after `trainer.fit`)."""
 
     def __init__(self) -> None:
         self._checkpoint_step = 0
@@ -27,12 +27,16 @@ class EvaluationStep(pl.Callback):
     ) -> None:
         self._checkpoint_step = int(checkpoint.get("global_step") or 0)
 
-    def _step(self, trainer: pl.Trainer) -> float:
-        return float(self._checkpoint_step if trainer.ckpt_path else trainer.global_step)
+    def evaluated_step(self, trainer: pl.Trainer) -> int:
+        return self._checkpoint_step if trainer.ckpt_path else trainer.global_step
+
+
+class EvaluationStep(CheckpointStep):
+    """Logs `step` = the evaluated checkpoint's global step at the end of `validate` and `test`."""
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn != "fit":
-            pl_module.log("step", self._step(trainer))
+            pl_module.log("step", float(self.evaluated_step(trainer)))
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pl_module.log("step", self._step(trainer))
+        pl_module.log("step", float(self.evaluated_step(trainer)))

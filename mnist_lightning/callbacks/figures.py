@@ -38,9 +38,10 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from mnist_lightning.callbacks.drawing import confusion_figure, image_grid, render, sample_grid
+from mnist_lightning.callbacks.evaluation_step import CheckpointStep
 
 
-class ValidationFigures(Callback):
+class ValidationFigures(CheckpointStep):
     """Logs an image grid with the mistakes marked, the most confident mistakes and a confusion matrix.
 
     Args:
@@ -51,6 +52,7 @@ class ValidationFigures(Callback):
     """
 
     def __init__(self, num_images: int = 32, columns: int = 8, every_n_epochs: int = 1) -> None:
+        super().__init__()
         if min(num_images, columns, every_n_epochs) < 1:
             raise ValueError(f"num_images, columns and every_n_epochs must be >= 1; got {num_images}, {columns}, "
                              f"{every_n_epochs}")
@@ -62,7 +64,6 @@ class ValidationFigures(Callback):
         self._confusion: MulticlassConfusionMatrix | None = None
         self._first: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._mistakes: tuple[torch.Tensor, ...] | None = None  # images, confidences, preds, targets
-        self._checkpoint_step = 0  # the global step of the checkpoint a `validate` evaluates
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         num_classes = int(getattr(pl_module.hparams, "num_classes", 10))
@@ -138,18 +139,13 @@ class ValidationFigures(Callback):
         self._first, self._mistakes = None, None
         self.seconds += time.perf_counter() - start
 
-    def on_load_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        self._checkpoint_step = int(checkpoint.get("global_step") or 0)
-
     def _where(self, trainer: pl.Trainer) -> tuple[int, str]:
         """The step and tag prefix of this validation's figures. A `validate` of a checkpoint logs at the
         checkpoint's step under `validate/`: at step 0 under `val/`, TensorBoard would drop the run's own
         figures (it keeps, per tag, no point at or after a later event's step)."""
         if trainer.state.fn == "fit":
             return trainer.global_step, "val"
-        return (self._checkpoint_step if trainer.ckpt_path else trainer.global_step), "validate"
+        return self.evaluated_step(trainer), "validate"
 
     @staticmethod
     def _class_names(trainer: pl.Trainer, num_classes: int) -> list[str]:

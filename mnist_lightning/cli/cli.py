@@ -159,6 +159,18 @@ class MNISTLightningCLI(LightningCLI):
         with quiet_dataloader_iter_warnings() if isinstance(model, FastMNISTClassifier) else nullcontext():
             self.trainer.fit(model, **kwargs)
 
+    def validate(self, model: Any, verbose: bool = True, **kwargs: Any) -> None:
+        """`trainer.validate`, its results table printed by `console.print_results` (without the `step` row)."""
+        self._print_results(self.trainer.validate(model, verbose=False, **kwargs), "validate", verbose)
+
+    def test(self, model: Any, verbose: bool = True, **kwargs: Any) -> None:
+        """`trainer.test`, its results table printed by `console.print_results` (without the `step` row)."""
+        self._print_results(self.trainer.test(model, verbose=False, **kwargs), "test", verbose)
+
+    def _print_results(self, results: list[dict[str, float]], stage: str, verbose: bool) -> None:
+        if verbose and self.trainer.is_global_zero:
+            console.print_results(results, stage)
+
     def after_fit(self) -> None:
         if self.trainer.is_global_zero:
             console.report_fit(self.trainer, self.datamodule, self.checkpoint, self.test_command)

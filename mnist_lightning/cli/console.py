@@ -79,6 +79,23 @@ def report_fit(trainer: Any, datamodule: Any, checkpoint: dict[str, Any] | None,
         print(f"Test it with: {test_command(tested)}")
 
 
+def print_results(results: list[dict[str, float]], stage: str) -> None:
+    """An evaluation's results as Lightning's table has them, one column per dataloader, less the `step` that
+    callbacks/evaluation_step.py logs: the x-axis the results are logged at, not a metric."""
+    names = sorted({name for per_loader in results for name in per_loader} - {"step"})
+    if not names:
+        return
+    header = [f"{stage.capitalize()} metric", *(f"DataLoader {i}" for i in range(len(results)))]
+    rows = [[name, *(f"{float(r[name]):.6f}" if name in r else "" for r in results)] for name in names]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    rule = "-" * (sum(widths) + 3 * (len(widths) - 1))
+    print(rule)
+    for row in [header, None, *rows]:
+        cells = [] if row is None else [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+        print("   ".join(cells).rstrip() if cells else rule)
+    print(rule)
+
+
 def say_why_nothing_trained(trainer: Any, checkpoint: dict[str, Any] | None) -> None:
     """A fit that made no optimizer step ends normally (exit 0: each case is a legal request, e.g.
     limit_train_batches 0 to validate only), but says so in one line instead of nothing."""

@@ -112,13 +112,19 @@ def check_search_space(space: dict[str, BaseDistribution], base_args: Sequence[s
 
 
 class _MetricsAtValidation(pl.Callback):
-    """The names logged by the end of the first validation, where PruneHopelessTrials reads the sweep's metric."""
+    """The names logged by the end of the first validation, where PruneHopelessTrials reads the sweep's metric;
+    where no validation runs, those logged by the end of the fit, whose last values a trial would report."""
 
     def __init__(self) -> None:
         self.names: list[str] | None = None
+        self.validated = False
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking and self.names is None:
+            self.names, self.validated = sorted(trainer.callback_metrics), True
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.names is None:
             self.names = sorted(trainer.callback_metrics)
 
 
@@ -138,7 +144,11 @@ def _lightning_quiet() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def metric_not_logged(metric: str, logged: Sequence[str]) -> UserInputError:
+def metric_not_logged(metric: str, logged: Sequence[str], validated: bool = True) -> UserInputError:
+    if not validated:
+        return UserInputError(f"the sweep's metric {metric!r} is not logged: the trials run no validation (e.g. "
+                              f"--data.val_size 0; logged: {', '.join(logged) or 'none'}). A sweep compares trials "
+                              "on validation: keep a validation split, or fix `metric` in the sweep file.")
     return UserInputError(f"the sweep's metric {metric!r} is not logged (logged: {', '.join(logged) or 'none'}); "
                           "fix `metric` in the sweep file.")
 
@@ -166,4 +176,4 @@ def check_one_batch(sweep: Sweep, base_args: Sequence[str]) -> None:
         raise DataFileError(f"{lines[0]} Point --data.data_dir at a folder with the official files (`fit` with "
                             "this --data.data_dir lists them).") from None
     if seen.names is not None and sweep.metric not in seen.names:
-        raise metric_not_logged(sweep.metric, seen.names)
+        raise metric_not_logged(sweep.metric, seen.names, seen.validated)

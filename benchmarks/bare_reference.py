@@ -24,7 +24,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from mnist_lightning.__main__ import skip_failing_nvml_check
-from mnist_lightning.data.datamodule import split_indices
+from mnist_lightning.data.datamodule import split_order
 from mnist_lightning.data.idx import DATASETS, load_split
 
 
@@ -48,7 +48,8 @@ def main() -> None:
     spec = DATASETS["mnist"]
     images, labels = load_split(Path(args.data_dir), spec, train=True)
     test_images, test_labels = load_split(Path(args.data_dir), spec, train=False)
-    train_idx, val_idx = split_indices(len(images), 5000, seed=42)
+    order = split_order(len(images), seed=42)  # the data module's split: the last 5000 are validation
+    train_idx, val_idx = order[:-5000], order[-5000:]
     device = torch.device(args.device)
     x, y = images[train_idx].to(device), labels[train_idx].to(device)
 

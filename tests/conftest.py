@@ -300,7 +300,7 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None) -> CliResult:
                 patch.setenv(name, value)
         for path in reversed(extra_paths):
             patch.syspath_prepend(path)
-        patch.setattr(sys, "argv", ["python -m mnist_lightning", *args])  # the program name in usage lines
+        patch.setattr(sys, "argv", ["python -m mnist_lightning"])  # the program name of usage lines; ARGS go to main
         patch.chdir(cwd)
         try:
             with _console_into(out, err):

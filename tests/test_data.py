@@ -22,10 +22,16 @@ from torchvision import transforms
 
 from mnist_lightning import MNISTDataModule
 from mnist_lightning.data.augment import AffineJitter
-from mnist_lightning.data.datamodule import split_indices
+from mnist_lightning.data.datamodule import split_order
 from mnist_lightning.data.digits import InMemoryDigits
 from mnist_lightning.data.loaders import ResumableDataLoader
 from mnist_lightning.errors import DataFileError, UserInputError
+
+
+def split_indices(n: int, val_size: int, seed: int) -> tuple[list[int], list[int]]:
+    """The data module's train and validation indices: the first n - val_size of its seeded order, then the rest."""
+    order = split_order(n, seed).tolist()
+    return order[: n - val_size], order[n - val_size :]
 
 
 def make_dm(data_dir: Path, **kwargs) -> MNISTDataModule:

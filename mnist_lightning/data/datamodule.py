@@ -31,12 +31,6 @@ def split_order(n: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 
-def split_indices(n: int, val_size: int, seed: int) -> tuple[list[int], list[int]]:
-    """Train and validation indices, exactly as `random_split(range(n), [n - val_size, val_size], seed)`."""
-    order = split_order(n, seed).tolist()
-    return order[: n - val_size], order[n - val_size :]
-
-
 class MNISTDataModule(pl.LightningDataModule):
     """MNIST (or Fashion-MNIST, KMNIST) for training, validation, test and prediction.
 

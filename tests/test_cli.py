@@ -101,7 +101,7 @@ def test_the_best_recipe_config_is_the_documented_one(tmp_path):
     assert net["hidden_sizes"] == [1024, 1024] and net["batch_norm"] is True
     assert model["lr_scheduler"]["class_path"] == "mnist_lightning.models.OneCycle"
     assert config["data"]["deskew"] is True and config["data"]["normalize"] is True
-    assert config["trainer"]["precision"] == "32-true" and config["trainer"]["max_epochs"] == 20
+    assert config["trainer"]["precision"] == "32-true" and config["trainer"]["max_epochs"] == 18
 
 
 def test_bf16_is_an_opt_in_stacked_on_a_recipe(tmp_path):

@@ -1,7 +1,7 @@
 """What the idiomatic class writes to TensorBoard is what it wrote before its per-step work was cut.
 
 `MNISTClassifier` logs `train/loss_step` only on the steps whose value reaches the loggers, and
-keeps its training epoch means in one `TrainingMeans` object (mnist_lightning/metrics.py). The
+keeps its training epoch means in one `TrainingMeans` object (mnist_lightning/models/metrics.py). The
 reference below is the class as it was: `self.log` of the step loss in every `training_step`, and
 torchmetrics' `MeanMetric` + `MulticlassAccuracy` updated every step. Both are trained with the same
 seed under the Trainer flags that change which steps are written, and every scalar series of their

@@ -6,7 +6,7 @@ bf16 pays only where the hardware computes in it: GPUs, and CPUs with AVX512-BF1
 units (x86) or the BF16 extension (Arm). Elsewhere, on most laptops and many servers (AVX2 only),
 every bf16 matrix product is emulated: the best recipe's training step took 7x as long as in fp32 on
 an AVX2 CPU (`benchmarks/precision.py`, docs/results.md). The run goes on as asked; the line names the fix.
-The CLI adds `PrecisionCheck` to every run (`mnist_lightning/cli.py`), as it does ResumeCheckpoint.
+The CLI adds `PrecisionCheck` to every run (`mnist_lightning/cli/trainer_setup.py`), as it does ResumeCheckpoint.
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ class SeedRun:
     test_acc: float
     fit_seconds: float
     run_dir: str
-    protocol: str = refit.BEST_VAL  # which checkpoint was tested (mnist_lightning/refit.py)
+    protocol: str = refit.BEST_VAL  # which checkpoint was tested (mnist_lightning/cli/refit.py)
 
 
 def run_seed(seed: int, fit_args: Sequence[str]) -> SeedRun:

@@ -133,3 +133,11 @@ def test_data_settings_are_checked_against_the_data_module() -> None:
         "augment": {"class_path": "os.system", "init_args": {"command": "true"}}}}
     with pytest.raises(CheckpointError, match=r"data\.augment names os\.system"):
         check_saved_parts(crafted, MNISTClassifier, MNISTDataModule)
+
+
+@pytest.mark.parametrize("class_path", ["os.system", "subprocess.getoutput"])
+def test_a_function_in_a_class_slot_is_called_a_function(class_path: str) -> None:
+    """A builtin (`os.system`) and a Python function are both named for what they are to the user: functions."""
+    crafted = {"hyper_parameters": {"optimizer": {"class_path": class_path, "init_args": {}}}}
+    with pytest.raises(CheckpointError, match=f"names {class_path}, which is refused: it is a function, not a class"):
+        check_saved_parts(crafted, MNISTClassifier)

@@ -364,6 +364,15 @@ def test_one_cycle_peaks_at_the_optimizers_lr_after_the_warmup_and_spans_the_ste
         scheduler.step()  # and there is no 41st
 
 
+def test_a_one_cycle_run_torch_cannot_build_is_one_line_naming_the_warmup():
+    """OneCycleLR divides by zero when the warm-up is exactly one step (0.25 of 4 steps): a user error naming the
+    setting, not a ZeroDivisionError from inside torch."""
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(2))], lr=0.2)
+    with pytest.raises(UserInputError, match=r"warmup 0\.25 of this run's 4 optimizer steps.*init_args\.warmup"):
+        OneCycle(warmup=0.25)(optimizer, 4)
+    assert _lrs(OneCycle(warmup=0.3), 4)[0][0] == pytest.approx(0.2 / 25)  # one step more or less warms up fine
+
+
 def test_cosine_ends_at_eta_min_after_the_steps_given():
     used, after, _ = _lrs(Cosine(eta_min=1e-4), 20)
     assert used[0] == pytest.approx(0.2) and used[10] == pytest.approx((0.2 + 1e-4) / 2)

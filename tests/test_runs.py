@@ -276,10 +276,12 @@ def test_a_resume_with_a_setting_the_checkpoint_fixes_is_refused_naming_both_val
 
 
 @pytest.mark.parametrize("option", [("--trainer.limit_train_batches", "3"), ("--trainer.accumulate_grad_batches", "2"),
-                                    ("--trainer.max_steps", "5")])
+                                    ("--trainer.max_steps", "5"),
+                                    ("--trainer.accumulate_grad_batches", "4")])  # 4 steps: torch's OneCycleLR fails
 def test_a_resume_that_changes_a_run_long_schedules_length_is_refused(option, onecycle_run_copy, tmp_path):
     """Each of these changes how many optimizer steps the one-cycle schedule spans: more would overrun it (torch's
-    "Tried to step N times"), fewer would end half-way through it. Refused in one line, nothing written."""
+    "Tried to step N times"), fewer would end half-way through it. Refused in one line, nothing written, before
+    the schedule is built (a length torch cannot build one of would fail there first)."""
     run_dir = onecycle_run_copy
     before = _last(run_dir).read_bytes()
     result = run_cli("fit", "--config", str(run_dir / "config.yaml"), "--ckpt_path", "last", *option, cwd=tmp_path)

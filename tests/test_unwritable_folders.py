@@ -52,15 +52,18 @@ def test_fit_into_a_read_only_folder_is_one_line(shared_tiny_data: Path, tmp_pat
     one_line_error(result, "cannot write", "Read-only file system", "choose a folder you can write to")
 
 
-def test_test_of_a_run_in_a_read_only_folder_is_one_line_and_the_run_is_unchanged(trained_run: TrainedRun,
-                                                                                 tmp_path: Path) -> None:
+@pytest.mark.parametrize("evaluation", [("test",), ("validate",), ("test", "--trainer.logger", "false")])
+def test_an_evaluation_of_a_run_in_a_read_only_folder_is_one_line_and_the_run_is_unchanged(
+        trained_run: TrainedRun, tmp_path: Path, evaluation: tuple[str, ...]) -> None:
+    """Refused naming the run's folder before any logger opens a file in it (TensorBoard's writer thread
+    would die there with a traceback of its own, beside the error)."""
     with read_only_mount(tmp_path / "ro", fill=trained_run.workdir / "lightning_logs") as ro:
         run = ro / "lightning_logs" / "version_0"
         before = sorted(p.name for p in run.rglob("*"))
-        result = run_cli("test", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--data.data_dir",
+        result = run_cli(*evaluation, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--data.data_dir",
                          str(trained_run.data_dir), *TINY_ARGS, cwd=tmp_path)
         assert sorted(p.name for p in run.rglob("*")) == before
-    one_line_error(result, "cannot write", "Read-only file system")
+    one_line_error(result, f"cannot write {run} (Read-only file system)")
 
 
 def test_export_into_a_read_only_folder_is_one_line(trained_run: TrainedRun, tmp_path: Path) -> None:

@@ -24,9 +24,6 @@ class RunState(pl.Callback):
     `seed` and `max_epochs` saved here (cli/checkpoint_settings.py).
     """
 
-    def __init__(self) -> None:
-        self._saved_schedule_steps: int | None = None
-
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
@@ -43,26 +40,26 @@ class RunState(pl.Callback):
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
+        if trainer.state.fn != "fit":
+            return  # an evaluation steps no schedule and draws nothing a resume must replay
+        # Here, before `configure_optimizers` builds the schedule: a length it cannot take would fail there first.
         steps = checkpoint.get("schedule_steps")
-        self._saved_schedule_steps = int(steps) if checkpoint.get("schedule_spans_run") and steps is not None else None
+        if checkpoint.get("schedule_spans_run") and steps is not None and _schedule_spans_run(pl_module):
+            _refuse_another_length(int(trainer.estimated_stepping_batches), saved=int(steps))
         rng = checkpoint.get("rng_state")
-        if rng is not None and trainer.state.fn == "fit":  # an evaluation draws nothing a resume must replay
+        if rng is not None:
             torch.set_rng_state(rng["torch"])
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Before the optimizer and schedule states are restored (Lightning restores them after this hook).
-        saved = self._saved_schedule_steps
-        if saved is None or not trainer.ckpt_path or not _schedule_spans_run(pl_module):
-            return
-        steps = int(trainer.estimated_stepping_batches)
-        if steps != saved:
-            raise UserInputError(
-                f"resuming with settings that make the run {steps} optimizer steps long, but the checkpoint's "
-                f"schedule spans {saved} steps (trainer.max_epochs, limit_train_batches, accumulate_grad_batches, "
-                "max_steps, devices and data.batch_size decide it): resume with the run's own settings, e.g. "
-                "--config <run>/config.yaml without those options; to change them, start a new run.")
+
+def _refuse_another_length(steps: int, saved: int) -> None:
+    if steps != saved:
+        raise UserInputError(
+            f"resuming with settings that make the run {steps} optimizer steps long, but the checkpoint's "
+            f"schedule spans {saved} steps (trainer.max_epochs, limit_train_batches, accumulate_grad_batches, "
+            "max_steps, devices and data.batch_size decide it): resume with the run's own settings, e.g. "
+            "--config <run>/config.yaml without those options; to change them, start a new run.")
 
 
 def _schedule_spans_run(module: pl.LightningModule) -> bool:

@@ -107,7 +107,8 @@ def check_part(part: Mapping[str, Any], annotation: Any, key: str) -> None:
     if target is None:
         return  # not importable: building it fails with the import error, and nothing of it runs
     if not isinstance(target, type):
-        raise _refusal(key, class_path, f"it is a {type(target).__name__}, not a class")
+        kind = "function" if callable(target) else type(target).__name__  # os.system is a builtin, still a function
+        raise _refusal(key, class_path, f"it is a {kind}, not a class")
     if not expected:
         raise _refusal(key, class_path, "its slot is not typed as a class, so no class path is accepted there")
     if not issubclass(target, expected):

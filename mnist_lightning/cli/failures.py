@@ -8,6 +8,7 @@ or jsonargparse's traceback. Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ def remove_unused_run_dir(run_dir: Path | None, trainer: Any, disk_full: bool) -
 
 
 def disk_full(err: OSError, run_dir: Path | None, removed: bool) -> UserInputError:
-    where = f" {err.filename}" if err.filename else f" the run's files in {run_dir}" if run_dir else ""
+    where = f" {os.fsdecode(err.filename)}" if err.filename else f" the run's files in {run_dir}" if run_dir else ""
     if removed:
         after = f" The unfinished run folder {run_dir} was removed (no checkpoint had been saved)."
     elif run_dir is not None:
@@ -62,7 +63,7 @@ def disk_full(err: OSError, run_dir: Path | None, removed: bool) -> UserInputErr
 
 
 def not_writable(err: OSError) -> UserInputError:
-    where = f" {err.filename}" if err.filename else ""
+    where = f" {os.fsdecode(err.filename)}" if err.filename else ""  # TensorBoard's writer names files in bytes
     return UserInputError(f"cannot write{where} ({err.strerror}): choose a folder you can write to "
                           "(--trainer.logger.init_args.save_dir, --trainer.default_root_dir, or another working "
                           "folder) or fix its permissions; nothing saved was changed.")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import shlex
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -124,14 +125,33 @@ def reopen_run(logger: Namespace, run_dir: Path) -> None:
 def keep_csv_rows(logger: Namespace) -> None:
     """Lightning's own CSVLogger deletes the metrics.csv of a run it reopens (a resume, or an evaluation
     added to the run): this project's subclass takes its place then, keeping the rows, and says so."""
-    version = logger.init_args.get("version")
-    if version is None or _logger_class(str(logger.class_path)) is not CSVLogger:
+    folder = run_folder(logger)
+    if folder is None or _logger_class(str(logger.class_path)) is not CSVLogger:
         return
-    metrics = runs_root(logger) / (version if isinstance(version, str) else f"{RUN_PREFIX}{version}") / "metrics.csv"
+    metrics = folder / "metrics.csv"
     if metrics.is_file():
         logger.class_path = KEEPS_CSV_ROWS
         rank_zero_info(f"Logging with {KEEPS_CSV_ROWS}, which adds to {metrics} (Lightning's CSVLogger would delete "
                        "its rows).")
+
+
+def run_folder(logger: Namespace) -> Path | None:
+    """The existing run folder a logger with a set version writes into, or None."""
+    version = logger.init_args.get("version")
+    if version is None:
+        return None
+    folder = runs_root(logger) / (version if isinstance(version, str) else f"{RUN_PREFIX}{version}")
+    return folder if folder.is_dir() else None
+
+
+def refuse_unwritable(folder: Path) -> None:
+    """An existing run folder the command would write into, tried before any logger opens a file there: a
+    logger's background writer thread would otherwise die on it with a traceback of its own."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(folder)) from err
 
 
 def runs_root(logger: Namespace) -> Path:
@@ -274,6 +294,8 @@ def choose_run_folder(cli: Any) -> None:
     if subcommand != "fit" or config.get("ckpt_path"):
         for each in loggers:
             keep_csv_rows(each)  # a run reopened: a resume, or an evaluation added to it
+        if writes_logs and (reopened := run_folder(logger)) is not None:
+            refuse_unwritable(reopened)
 
 
 def _logger_given(on_command_line: Any) -> bool:
@@ -308,6 +330,8 @@ def _run_dir_without_logger(cli: Any, config: Namespace, writes_logs: bool) -> N
         return
     run_dir = run_dir_of_checkpoint(ckpt_path) if ckpt_path not in (None, "hpc") else None
     if run_dir is not None:
+        if writes_logs:
+            refuse_unwritable(run_dir)
         trainer.default_root_dir = str(run_dir)
     elif cli.subcommand != "fit":
         cli.save_config_callback = None  # an evaluation outside any run writes nothing (not ./config.yaml)

@@ -47,8 +47,14 @@ class OneCycle(RunSchedule):
 
     def __call__(self, optimizer: Optimizer, total_steps: int) -> LRScheduler:
         peaks = [group["lr"] for group in optimizer.param_groups]
-        return OneCycleLR(optimizer, max_lr=peaks, total_steps=total_steps, pct_start=self.warmup,
-                          div_factor=self.div_factor, final_div_factor=self.final_div_factor)
+        try:
+            return OneCycleLR(optimizer, max_lr=peaks, total_steps=total_steps, pct_start=self.warmup,
+                              div_factor=self.div_factor, final_div_factor=self.final_div_factor)
+        except ZeroDivisionError as error:  # torch divides by (warmup * total_steps - 1)
+            raise UserInputError(
+                f"the one-cycle schedule cannot warm up over exactly one step (warmup {self.warmup} of this run's "
+                f"{total_steps} optimizer steps): choose another model.lr_scheduler.init_args.warmup, or train "
+                "for more steps.") from error
 
 
 class Cosine(RunSchedule):

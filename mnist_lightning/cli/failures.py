@@ -50,8 +50,13 @@ def remove_unused_run_dir(run_dir: Path | None, trainer: Any, disk_full: bool) -
     return True
 
 
+def _named_file(err: OSError) -> str:
+    """The file an OSError names, as text after a space (TensorBoard's writer names files in bytes), or ''."""
+    return f" {os.fsdecode(err.filename)}" if err.filename else ""
+
+
 def disk_full(err: OSError, run_dir: Path | None, removed: bool) -> UserInputError:
-    where = f" {os.fsdecode(err.filename)}" if err.filename else f" the run's files in {run_dir}" if run_dir else ""
+    where = _named_file(err) or (f" the run's files in {run_dir}" if run_dir else "")
     if removed:
         after = f" The unfinished run folder {run_dir} was removed (no checkpoint had been saved)."
     elif run_dir is not None:
@@ -63,8 +68,7 @@ def disk_full(err: OSError, run_dir: Path | None, removed: bool) -> UserInputErr
 
 
 def not_writable(err: OSError) -> UserInputError:
-    where = f" {os.fsdecode(err.filename)}" if err.filename else ""  # TensorBoard's writer names files in bytes
-    return UserInputError(f"cannot write{where} ({err.strerror}): choose a folder you can write to "
+    return UserInputError(f"cannot write{_named_file(err)} ({err.strerror}): choose a folder you can write to "
                           "(--trainer.logger.init_args.save_dir, --trainer.default_root_dir, or another working "
                           "folder) or fix its permissions; nothing saved was changed.")
 

@@ -294,8 +294,9 @@ def choose_run_folder(cli: Any) -> None:
     if subcommand != "fit" or config.get("ckpt_path"):
         for each in loggers:
             keep_csv_rows(each)  # a run reopened: a resume, or an evaluation added to it
-        if writes_logs and (reopened := run_folder(logger)) is not None:
-            refuse_unwritable(reopened)
+        reopened = {run_folder(each) for each in loggers} - {None} if writes_logs else set()
+        for folder in reopened:
+            refuse_unwritable(folder)
 
 
 def _logger_given(on_command_line: Any) -> bool:
